@@ -1,0 +1,86 @@
+"""``fairlane.actor``: Dramatiq actors whose sends carry tenant, priority and idempotency key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar, overload
+
+import dramatiq
+from dramatiq.message import Message
+
+from fairlane.app import get_app
+
+R = TypeVar("R")
+
+
+class Actor(dramatiq.Actor[Any, R]):
+    """A Dramatiq actor with fairlane's send options spelled out."""
+
+    def send_with_options(  # type: ignore[override]
+        self,
+        *,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        delay: timedelta | int | None = None,
+        tenant: str | None = None,
+        priority: str | None = None,
+        idempotency_key: str | None = None,
+        cost: float | None = None,
+        **options: Any,
+    ) -> Message[R]:
+        """Submit a job. The returned message's ``message_id`` is the job id.
+
+        Parameters:
+          tenant: who the job is for (default ``default``); fairness is per tenant.
+          priority: the lane, ``urgent`` / ``high`` / ``normal`` (default) / ``low``.
+          idempotency_key: a tenant's second submission with the same key returns the first job.
+          cost: how much of the tenant's fair share the job uses (default 1).
+          delay: run no sooner than this many milliseconds from now.
+
+        Raises:
+          fairlane.InvalidJob: the job is refused; nothing was stored or published.
+        """
+        for name, value in (("tenant", tenant), ("priority", priority), ("idempotency_key", idempotency_key)):
+            if value is not None:
+                options[name] = value
+        if cost is not None:
+            options["cost"] = cost
+        return super().send_with_options(args=args, kwargs=kwargs, delay=delay, **options)
+
+
+@overload
+def actor(fn: Callable[..., R]) -> Actor[R]: ...
+
+
+@overload
+def actor(
+    fn: None = None, *, actor_name: str | None = None, queue_name: str = "default", **options: Any
+) -> Callable[[Callable[..., R]], Actor[R]]: ...
+
+
+def actor(
+    fn: Callable[..., R] | None = None,
+    *,
+    actor_name: str | None = None,
+    queue_name: str = "default",
+    **options: Any,
+) -> Actor[R] | Callable[[Callable[..., R]], Actor[R]]:
+    """Declare a fairlane actor on the process's fairlane broker.
+
+    Options: ``max_retries``, ``min_backoff``, ``max_backoff`` (ms), ``retry_when``,
+    ``throws``, ``time_limit`` (ms), plus any option of Dramatiq's middleware.
+    """
+
+    def decorator(function: Callable[..., R]) -> Actor[R]:
+        declared = dramatiq.actor(
+            function,
+            actor_class=Actor,
+            actor_name=actor_name,
+            queue_name=queue_name,
+            broker=get_app().broker,
+            **options,
+        )
+        return declared  # type: ignore[return-value]
+
+    return decorator(fn) if fn is not None else decorator

@@ -1,0 +1,87 @@
+"""Builds fairlane's parts from settings: ledger engine, job store, admission, broker, middleware.
+
+The app is built once per process, on first use (``get_app()``), from ``FAIRLANE_*``
+variables; ``configure()`` builds it from explicit settings instead (tests, the demo).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import dramatiq
+import sqlalchemy as sa
+from dramatiq.middleware import Callbacks, Pipelines, TimeLimit
+
+from fairlane.broker import FairlaneBroker
+from fairlane.ledger.admission import Admission
+from fairlane.ledger.database import create_ledger_engine, migrate
+from fairlane.ledger.jobs import JobStore
+from fairlane.middleware.admission import AdmissionSweeper
+from fairlane.middleware.cancellation import Cancellation
+from fairlane.middleware.context import JobContext
+from fairlane.middleware.results import Results
+from fairlane.middleware.retries import Retries
+from fairlane.middleware.tracking import Tracking
+from fairlane.settings import Settings, load_settings
+
+
+@dataclasses.dataclass(frozen=True)
+class App:
+    """One process's fairlane: settings, ledger and broker."""
+
+    settings: Settings
+    engine: sa.Engine
+    jobs: JobStore
+    admission: Admission
+    broker: FairlaneBroker
+
+    def close(self) -> None:
+        """Close broker connections and the ledger's connection pool."""
+        self.broker.close()
+        self.engine.dispose()
+
+
+def build_app(settings: Settings) -> App:
+    """Build (and migrate) a fairlane app for ``settings``; makes its broker Dramatiq's global one."""
+    engine = create_ledger_engine(settings)
+    migrate(engine, settings)
+    jobs = JobStore(engine)
+    admission = Admission(engine)
+    middleware = [
+        Tracking(jobs),
+        JobContext(jobs),
+        Cancellation(jobs, settings.cancel_poll_interval),
+        TimeLimit(time_limit=settings.time_limit),
+        Results(jobs, settings),
+        Retries(jobs, settings),
+        Callbacks(),
+        Pipelines(),
+        AdmissionSweeper(settings.admission_interval),
+    ]
+    broker = FairlaneBroker(settings, admission, middleware)
+    dramatiq.set_broker(broker)
+    return App(settings=settings, engine=engine, jobs=jobs, admission=admission, broker=broker)
+
+
+_app: App | None = None
+_lock = threading.Lock()
+
+
+def get_app() -> App:
+    """This process's app, built from the environment on first use."""
+    global _app
+    with _lock:
+        if _app is None:
+            _app = build_app(load_settings())
+        return _app
+
+
+def configure(settings: Settings) -> App:
+    """Replace this process's app with one built from ``settings`` (closing the old one)."""
+    global _app
+    with _lock:
+        if _app is not None:
+            _app.close()
+        _app = build_app(settings)
+        return _app

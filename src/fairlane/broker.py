@@ -1,0 +1,292 @@
+"""The RabbitMQ broker: lane and dead-letter topology, and admission through the ledger.
+
+Per actor queue ``Q`` there is one durable RabbitMQ queue per priority lane (``Q.urgent``,
+``Q.high``, ``Q.normal``, ``Q.low``) and one dead-letter queue ``Q.XQ``. Dramatiq's delay
+queues are never declared: delays and retry backoffs wait in the ledger.
+
+:meth:`FairlaneBroker.enqueue` is the admission point. It validates the message, commits
+its ledger row, then publishes only as many of the queue's backlog jobs (in fair order) as
+the queue's dispatch budget allows.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pika
+import pika.exceptions
+from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _RabbitmqMessage
+from dramatiq.errors import ActorNotFound, ConnectionClosed, DecodeError
+from dramatiq.message import Message
+from dramatiq.middleware import Middleware
+
+from fairlane.errors import InvalidJob
+from fairlane.ledger.admission import Admission, AdmittedJob, NewJob
+from fairlane.ledger.database import utcnow
+from fairlane.settings import Settings
+from fairlane.validation import check_idempotency_key, check_tenant
+
+logger = logging.getLogger("fairlane.broker")
+
+#: Header carrying why a message was dead-lettered without a ledger row to say it.
+REASON_HEADER = "x-fairlane-reason"
+_PRECONDITION_FAILED = 406
+
+
+def dead_letter_queue_name(queue: str) -> str:
+    """The dead-letter queue of an actor queue."""
+    return f"{queue}.XQ"
+
+
+class FairlaneBroker(RabbitmqBroker):
+    """A Dramatiq RabbitMQ broker whose ``enqueue`` admits jobs through the ledger."""
+
+    def __init__(self, settings: Settings, admission: Admission, middleware: list[Middleware]) -> None:
+        super().__init__(url=settings.broker_url, confirm_delivery=True, middleware=middleware)
+        self.settings = settings
+        self.admission = admission
+        self.lane_ranks = {lane: rank for rank, lane in enumerate(settings.lanes)}
+        self.actor_queues: set[str] = set()
+
+    @property
+    def consumer_class(self) -> type[_RabbitmqConsumer]:
+        return _FairlaneConsumer
+
+    # -- topology ------------------------------------------------------------------------------------
+
+    def lane_queue_name(self, queue: str, lane: str) -> str:
+        """The RabbitMQ queue holding ``queue``'s dispatched jobs of ``lane``."""
+        return f"{queue}.{lane}"
+
+    def actor_queue_of(self, queue_name: str) -> str:
+        """The actor queue a lane or dead-letter queue belongs to (identity for actor queues)."""
+        head, _, tail = queue_name.rpartition(".")
+        if head and (tail in self.lane_ranks or tail == "XQ"):
+            return head
+        return queue_name
+
+    def declare_queue(self, queue_name: str, *, ensure: bool = False) -> None:
+        """Declare an actor queue (or, given a lane queue's name, the actor queue it belongs to).
+
+        The worker learns of each lane queue through ``after_declare_queue`` and consumes it.
+        """
+        queue = self.actor_queue_of(queue_name)
+        if queue not in self.actor_queues:
+            self.actor_queues.add(queue)
+            self.queues_pending.add(queue)
+            for lane in self.settings.lanes:
+                lane_queue = self.lane_queue_name(queue, lane)
+                self.emit_before("declare_queue", lane_queue)
+                self.queues.add(lane_queue)
+                self.emit_after("declare_queue", lane_queue)
+        if ensure:
+            self._ensure_topology(queue)
+
+    def _ensure_topology(self, queue: str) -> None:
+        if queue not in self.queues_pending:
+            return
+        try:
+            for lane in self.settings.lanes:
+                self._declare(self.lane_queue_name(queue, lane), self._lane_arguments(queue))
+            self._declare(dead_letter_queue_name(queue), self._dead_letter_arguments())
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
+            del self.connection
+            raise ConnectionClosed(error) from None
+        self.queues_pending.discard(queue)
+
+    def _declare(self, name: str, arguments: dict[str, Any]) -> None:
+        """Declare a durable queue; if it exists with other arguments, keep using it and say so."""
+        try:
+            self.channel.queue_declare(queue=name, durable=True, arguments=arguments)
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if error.reply_code != _PRECONDITION_FAILED:
+                raise
+            del self.channel
+            self.channel.queue_declare(queue=name, passive=True)
+            logger.warning(
+                "event=queue_arguments_differ queue=%s wanted=%s detail=%r "
+                "action='using the existing queue; delete or migrate it to apply the new arguments'",
+                name,
+                arguments,
+                error.reply_text,
+            )
+
+    def _lane_arguments(self, queue: str) -> dict[str, Any]:
+        return {
+            "x-queue-type": self.settings.queue_type,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": dead_letter_queue_name(queue),
+        }
+
+    def _dead_letter_arguments(self) -> dict[str, Any]:
+        return {
+            "x-queue-type": self.settings.queue_type,
+            "x-message-ttl": self.settings.dead_letter_ttl_days * 86_400_000,
+        }
+
+    def get_declared_delay_queues(self) -> set[str]:
+        """None: delays and backoffs wait in the ledger, never in a worker's memory."""
+        return set()
+
+    # -- admission -----------------------------------------------------------------------------------
+
+    def enqueue(self, message: Message[Any], *, delay: int | timedelta | None = None) -> Message[Any]:
+        """Validate ``message``, record it in the ledger and admit its queue's backlog.
+
+        Returns the message as stored. If the tenant already submitted a job with the same
+        ``idempotency_key``, nothing new is stored and the returned message carries the
+        existing job's id.
+
+        Raises:
+          InvalidJob: the message cannot be accepted; nothing was stored.
+        """
+        job, stored = self._prepare(message, delay)
+        job_id, created = self.admission.accept(job)
+        if created:
+            self.admit(job.queue)
+        return stored if job_id == stored.message_id else stored.copy(message_id=job_id)
+
+    def admit(self, queue: str) -> int:
+        """Publish as many backlog jobs of ``queue`` as its dispatch budget allows; returns how many."""
+        admitted = self.admission.admit(queue, self.settings.dispatch_budget)
+        for index, job in enumerate(admitted):
+            try:
+                self.publish(Message.decode(job.message.encode()))
+            except (ConnectionClosed, pika.exceptions.AMQPError) as error:
+                unpublished = admitted[index:]
+                self.admission.unadmit(queue, [item.id for item in unpublished])
+                logger.warning(
+                    "event=publish_failed queue=%s jobs=%d error=%s action='jobs stay pending in the ledger'",
+                    queue,
+                    len(unpublished),
+                    type(error).__name__,
+                )
+                return index
+        return len(admitted)
+
+    def publish(self, message: Message[Any]) -> None:
+        """Publish an admitted message to its lane queue, waiting for RabbitMQ's confirm."""
+        super().enqueue(message)
+
+    def dead_letter_raw(self, queue_name: str, body: bytes, reason: str) -> None:
+        """Put a message that has no usable ledger row in its dead-letter queue, with the reason."""
+        self.declare_queue(queue_name, ensure=True)
+        self.channel.basic_publish(
+            exchange="",
+            routing_key=dead_letter_queue_name(self.actor_queue_of(queue_name)),
+            body=body,
+            properties=pika.BasicProperties(
+                delivery_mode=2, timestamp=int(time.time()), headers={REASON_HEADER: reason[:1000]}
+            ),
+        )
+
+    def _prepare(self, message: Message[Any], delay: int | timedelta | None) -> tuple[NewJob, Message[Any]]:
+        try:
+            actor = self.get_actor(message.actor_name)
+        except ActorNotFound:
+            raise InvalidJob(f"unknown actor {message.actor_name!r}: declare it before sending") from None
+        options = dict(message.options)
+        tenant = check_tenant(options.get("tenant", self.settings.default_tenant))
+        lane = options.get("priority") or self.settings.default_lane
+        if lane not in self.lane_ranks:
+            raise InvalidJob(f"unknown priority {lane!r}; expected one of {', '.join(self.settings.lanes)}")
+        key = options.get("idempotency_key")
+        if key is not None:
+            key = check_idempotency_key(key)
+        cost = options.get("cost", 1)
+        if isinstance(cost, bool) or not isinstance(cost, int | float) or not 0 < cost <= 1_000_000:
+            raise InvalidJob(f"cost must be a number in (0, 1000000], not {cost!r}")
+        if isinstance(delay, timedelta):
+            delay = int(delay.total_seconds() * 1000)
+        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int) or delay < 0):
+            raise InvalidJob(f"delay must be a non-negative number of milliseconds, not {delay!r}")
+        _check_signature(actor.fn, message)
+        options.update(tenant=tenant, priority=lane, cost=cost)
+        if key is None:
+            options.pop("idempotency_key", None)
+        else:
+            options["idempotency_key"] = key
+        queue = actor.queue_name
+        stored = message.copy(queue_name=self.lane_queue_name(queue, lane))
+        stored = _replace_options(stored, options)
+        try:
+            encoded = stored.encode()
+        except (TypeError, ValueError) as error:
+            raise InvalidJob(f"arguments and options must be JSON-serialisable: {error}") from None
+        if len(encoded) > self.settings.max_payload_bytes:
+            raise InvalidJob(
+                f"message is {len(encoded)} bytes; the limit is {self.settings.max_payload_bytes} "
+                "(FAIRLANE_MAX_PAYLOAD_BYTES): pass a reference to large data instead"
+            )
+        run_at = utcnow() + timedelta(milliseconds=delay or 0)
+        job = NewJob(
+            id=stored.message_id,
+            actor=actor.actor_name,
+            queue=queue,
+            tenant=tenant,
+            lane=lane,
+            lane_rank=self.lane_ranks[lane],
+            cost=float(cost),
+            message=encoded.decode(),
+            idempotency_key=key,
+            run_at=run_at,
+        )
+        return job, stored
+
+
+def _replace_options(message: Message[Any], options: dict[str, Any]) -> Message[Any]:
+    return Message(
+        queue_name=message.queue_name,
+        actor_name=message.actor_name,
+        args=message.args,
+        kwargs=message.kwargs,
+        options=options,
+        message_id=message.message_id,
+        message_timestamp=message.message_timestamp,
+    )
+
+
+def _check_signature(fn: Callable[..., Any], message: Message[Any]) -> None:
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins and some C callables have none
+        return
+    try:
+        signature.bind(*message.args, **message.kwargs)
+    except TypeError as error:
+        raise InvalidJob(f"arguments do not fit {message.actor_name}{signature}: {error}") from None
+
+
+class _FairlaneConsumer(_RabbitmqConsumer):
+    """Dramatiq's consumer, except that an undecodable message goes to the dead-letter
+    queue carrying the reason, instead of being rejected without one."""
+
+    broker: FairlaneBroker
+
+    def __next__(self) -> Any:
+        try:
+            method, _properties, body = next(self.iterator)
+        except (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
+            if getattr(error, "reply_code", None) == 404:
+                self.broker.queues_pending.add(self.broker.actor_queue_of(self.queue_name))
+            raise ConnectionClosed(error) from None
+        if method is None:
+            return None
+        try:
+            message = Message.decode(body)
+        except DecodeError as error:
+            reason = f"undecodable message: {error.__cause__ or error}"
+            logger.error("event=message_dead_lettered queue=%s reason=%r", self.queue_name, reason)
+            self.broker.dead_letter_raw(self.queue_name, body, reason)
+            self.channel.basic_ack(method.delivery_tag)
+            return None
+        self.known_tags.add(method.delivery_tag)
+        return _RabbitmqMessage(method.redelivered, method.delivery_tag, message)
+
+
+__all__ = ["REASON_HEADER", "FairlaneBroker", "dead_letter_queue_name"]

@@ -1,0 +1,96 @@
+"""Engine construction and schema migration for the ledger."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+
+from fairlane.settings import Settings
+
+logger = logging.getLogger("fairlane.ledger")
+
+_MIGRATIONS = Path(__file__).with_name("migrations")
+#: Arbitrary constant naming fairlane's migration lock among PostgreSQL advisory locks.
+_MIGRATION_LOCK_ID = 0x6661_6972_6C61
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """Normalise a timestamp read back from the ledger (SQLite drops the zone) to aware UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def create_ledger_engine(settings: Settings) -> sa.Engine:
+    """Build the engine for ``settings.database_url``.
+
+    On SQLite, write transactions start with ``BEGIN IMMEDIATE`` and the database runs in WAL
+    mode, so worker threads and processes queue for the write lock instead of failing.
+    """
+    if not settings.is_sqlite:
+        return sa.create_engine(settings.sqlalchemy_url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+    path = settings.database_url.removeprefix("sqlite:///")
+    if path not in ("", ":memory:"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(settings.database_url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: object) -> None:
+        dbapi_connection.isolation_level = None  # let SQLAlchemy's "begin" hook issue BEGIN
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin_immediate(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+@contextmanager
+def _migration_lock(engine: sa.Engine, settings: Settings) -> Iterator[sa.Connection]:
+    """Serialise migrations across processes: an advisory lock on PostgreSQL, a file lock on SQLite."""
+    if settings.is_sqlite:
+        lock_path = Path(settings.database_url.removeprefix("sqlite:///") + ".migrate.lock")
+        with lock_path.open("w") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            with engine.connect() as connection:
+                yield connection
+        return
+    with engine.connect() as connection:
+        connection.execute(sa.text("SELECT pg_advisory_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+        connection.commit()
+        try:
+            yield connection
+        finally:
+            connection.execute(sa.text("SELECT pg_advisory_unlock(:id)"), {"id": _MIGRATION_LOCK_ID})
+            connection.commit()
+
+
+def migrate(engine: sa.Engine, settings: Settings) -> None:
+    """Bring the ledger schema to the newest revision (safe to call from many processes)."""
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    with _migration_lock(engine, settings) as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+        connection.commit()
+    logger.debug("event=ledger_migrated url_scheme=%s", engine.url.get_backend_name())

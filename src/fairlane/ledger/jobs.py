@@ -1,0 +1,365 @@
+"""Job rows: reads, and the state transitions a job goes through.
+
+Every transition is a single conditional UPDATE keyed by job id, so repeating one (a
+redelivered message, a retried call) is harmless.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from fairlane.ledger.database import as_utc, utcnow
+from fairlane.ledger.schema import (
+    BACKLOG_STATES,
+    CANCELLED,
+    DEAD,
+    DISPATCHED,
+    FINAL_STATES,
+    PENDING,
+    RETRYING,
+    RUNNING,
+    STATES,
+    SUCCEEDED,
+    jobs,
+    queues,
+)
+
+
+class JobNotFound(LookupError):
+    """Raised when no job has the given id."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JobError:
+    """What went wrong in a job's last failed attempt."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """A job as the ledger knows it. ``priority`` is the lane name; ``id`` the message id."""
+
+    id: str
+    actor: str
+    queue: str
+    tenant: str
+    priority: str
+    state: str
+    attempts: int
+    progress: dict[str, Any] | None
+    result: Any
+    error: JobError | None
+    idempotency_key: str | None
+    cancel_requested: bool
+    enqueued_at: datetime
+    next_run_at: datetime
+    dispatched_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    result_path: str | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        """True once the job is succeeded, dead or cancelled."""
+        return self.state in FINAL_STATES
+
+
+class StartDecision(enum.Enum):
+    """What a worker should do with a message it has just received."""
+
+    RUN = "run"
+    SKIP = "skip"
+    UNKNOWN = "unknown"
+
+
+def _job_from_row(row: sa.Row[Any]) -> Job:
+    error = None
+    if row.error_type is not None:
+        error = JobError(row.error_type, row.error_message or "", row.error_traceback)
+    return Job(
+        id=row.id,
+        actor=row.actor,
+        queue=row.queue,
+        tenant=row.tenant,
+        priority=row.lane,
+        state=row.state,
+        attempts=row.attempts,
+        progress=row.progress,
+        result=row.result,
+        error=error,
+        idempotency_key=row.idempotency_key,
+        cancel_requested=bool(row.cancel_requested),
+        enqueued_at=as_utc(row.enqueued_at),  # type: ignore[arg-type]
+        next_run_at=as_utc(row.next_run_at),  # type: ignore[arg-type]
+        dispatched_at=as_utc(row.dispatched_at),
+        started_at=as_utc(row.started_at),
+        finished_at=as_utc(row.finished_at),
+        result_path=row.result_path,
+    )
+
+
+_JOB_COLUMNS = [column for column in jobs.c if column.name != "message"]
+
+
+class JobStore:
+    """Reads and transitions of job rows in one ledger database."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    # -- reads ---------------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        """The job with this id; raises :class:`JobNotFound`."""
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(*_JOB_COLUMNS).where(jobs.c.id == job_id)).first()
+        if row is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return _job_from_row(row)
+
+    def list(
+        self,
+        *,
+        tenant: str | None = None,
+        state: str | None = None,
+        actor: str | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Job]:
+        """Jobs matching every given filter, newest first.
+
+        Pages are keyset-based: pass the last job id of a page as ``before`` to get the next.
+        """
+        if state is not None and state not in STATES:
+            raise ValueError(f"unknown state {state!r}; expected one of {', '.join(STATES)}")
+        if not 1 <= limit <= 1000:
+            raise ValueError("limit must be between 1 and 1000")
+        query = sa.select(*_JOB_COLUMNS)
+        for column, value in ((jobs.c.tenant, tenant), (jobs.c.state, state), (jobs.c.actor, actor)):
+            if value is not None:
+                query = query.where(column == value)
+        if queue is not None:
+            query = query.where(jobs.c.queue == queue)
+        with self.engine.connect() as connection:
+            if before is not None:
+                anchor = connection.execute(
+                    sa.select(jobs.c.enqueued_at).where(jobs.c.id == before)
+                ).scalar_one_or_none()
+                if anchor is None:
+                    raise JobNotFound(f"no job with id {before!r} to page from")
+                query = query.where(
+                    sa.or_(
+                        jobs.c.enqueued_at < anchor,
+                        sa.and_(jobs.c.enqueued_at == anchor, jobs.c.id < before),
+                    )
+                )
+            query = query.order_by(jobs.c.enqueued_at.desc(), jobs.c.id.desc()).limit(limit)
+            return [_job_from_row(row) for row in connection.execute(query)]
+
+    def message_of(self, job_id: str) -> str:
+        """The encoded Dramatiq message stored for a job."""
+        with self.engine.connect() as connection:
+            text = connection.execute(sa.select(jobs.c.message).where(jobs.c.id == job_id)).scalar()
+        if text is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return str(text)
+
+    def cancel_requested_among(self, job_ids: Iterable[str]) -> set[str]:
+        """Those of ``job_ids`` that are running and have been asked to cancel."""
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        query = sa.select(jobs.c.id).where(
+            jobs.c.id.in_(ids), jobs.c.state == RUNNING, jobs.c.cancel_requested.is_(True)
+        )
+        with self.engine.connect() as connection:
+            return set(connection.scalars(query))
+
+    # -- worker-side transitions ---------------------------------------------------------------------
+
+    def start(self, job_id: str, worker_id: str) -> tuple[StartDecision, int]:
+        """Mark a received job running and count the attempt, unless it must not run.
+
+        A dispatched job frees its slot in the queue's dispatch budget. A job already running
+        (its worker died and RabbitMQ redelivered the message) runs again. Cancelled and
+        finished jobs are skipped. Returns the decision and the attempt number.
+        """
+        now = utcnow()
+        with self.engine.begin() as connection:
+            row = connection.execute(
+                sa.select(jobs.c.state, jobs.c.queue, jobs.c.attempts).where(jobs.c.id == job_id).with_for_update()
+            ).first()
+            if row is None:
+                return StartDecision.UNKNOWN, 0
+            if row.state in FINAL_STATES:
+                return StartDecision.SKIP, row.attempts
+            connection.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id)
+                .values(
+                    state=RUNNING,
+                    attempts=jobs.c.attempts + 1,
+                    started_at=now,
+                    worker_id=worker_id,
+                    updated_at=now,
+                )
+            )
+            if row.state == DISPATCHED:
+                _release_budget(connection, row.queue, 1)
+        return StartDecision.RUN, row.attempts + 1
+
+    def succeed(self, job_id: str, *, result: Any, result_path: str | None) -> None:
+        """Record a running job's success and its result (inline, or a path to its file)."""
+        now = utcnow()
+        self._finish_running(
+            job_id, state=SUCCEEDED, result=result, result_path=result_path, finished_at=now, updated_at=now
+        )
+
+    def retry_later(self, job_id: str, error: JobError, run_at: datetime) -> None:
+        """Put a failed job back in the backlog, runnable again at ``run_at``."""
+        self._finish_running(
+            job_id,
+            state=RETRYING,
+            next_run_at=run_at,
+            worker_id=None,
+            **_error_values(error),
+            updated_at=utcnow(),
+        )
+
+    def kill(self, job_id: str, error: JobError) -> None:
+        """Dead-letter a job: no more attempts; its message goes to the dead-letter queue."""
+        now = utcnow()
+        with self.engine.begin() as connection:
+            previous = connection.execute(
+                sa.select(jobs.c.state, jobs.c.queue).where(jobs.c.id == job_id).with_for_update()
+            ).first()
+            if previous is None or previous.state in FINAL_STATES:
+                return
+            connection.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id)
+                .values(state=DEAD, finished_at=now, updated_at=now, **_error_values(error))
+            )
+            if previous.state == DISPATCHED:
+                _release_budget(connection, previous.queue, 1)
+
+    def mark_cancelled(self, job_id: str) -> None:
+        """Record that a running job was interrupted by its cancel request."""
+        now = utcnow()
+        self._finish_running(job_id, state=CANCELLED, finished_at=now, updated_at=now)
+
+    def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        """Store a running job's progress."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.state == RUNNING)
+                .values(progress=progress, updated_at=utcnow())
+            )
+
+    def _finish_running(self, job_id: str, **values: Any) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.state == RUNNING).values(**values))
+
+    # -- operator-side transitions -------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job.
+
+        A job that has not started is cancelled at once and will never run; a running job is
+        asked to stop (its worker interrupts it within ``cancel_poll_interval``); a finished job
+        is left as it is. Returns the job as it is now.
+        """
+        now = utcnow()
+        with self.engine.begin() as connection:
+            row = connection.execute(
+                sa.select(jobs.c.state, jobs.c.queue).where(jobs.c.id == job_id).with_for_update()
+            ).first()
+            if row is None:
+                raise JobNotFound(f"no job with id {job_id!r}")
+            if row.state in (*BACKLOG_STATES, DISPATCHED):
+                connection.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id)
+                    .values(state=CANCELLED, finished_at=now, updated_at=now)
+                )
+                if row.state == DISPATCHED:
+                    _release_budget(connection, row.queue, 1)
+            elif row.state == RUNNING:
+                connection.execute(
+                    jobs.update().where(jobs.c.id == job_id).values(cancel_requested=True, updated_at=now)
+                )
+        return self.get(job_id)
+
+    def dead_jobs(
+        self,
+        *,
+        actor: str | None = None,
+        tenant: str | None = None,
+        queue: str | None = None,
+        finished_before: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Job]:
+        """Dead jobs matching every given filter, oldest first."""
+        query = sa.select(*_JOB_COLUMNS).where(jobs.c.state == DEAD)
+        for column, value in ((jobs.c.actor, actor), (jobs.c.tenant, tenant), (jobs.c.queue, queue)):
+            if value is not None:
+                query = query.where(column == value)
+        if finished_before is not None:
+            query = query.where(jobs.c.finished_at < finished_before)
+        query = query.order_by(jobs.c.finished_at, jobs.c.id)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as connection:
+            return [_job_from_row(row) for row in connection.execute(query)]
+
+    def delete(self, job_ids: Sequence[str]) -> int:
+        """Delete job rows outright (purging dead letters); returns how many went."""
+        if not job_ids:
+            return 0
+        with self.engine.begin() as connection:
+            return connection.execute(
+                jobs.delete().where(jobs.c.id.in_(job_ids), jobs.c.state.in_(tuple(FINAL_STATES)))
+            ).rowcount
+
+
+def _error_values(error: JobError) -> dict[str, Any]:
+    return {
+        "error_type": error.type[:255],
+        "error_message": error.message[:10_000],
+        "error_traceback": (error.traceback or "")[-50_000:] or None,
+    }
+
+
+def _release_budget(connection: sa.Connection, queue: str, count: int) -> None:
+    connection.execute(
+        queues.update()
+        .where(queues.c.name == queue)
+        .values(in_flight=sa.case((queues.c.in_flight > count, queues.c.in_flight - count), else_=0))
+    )
+
+
+__all__ = [
+    "CANCELLED",
+    "DEAD",
+    "DISPATCHED",
+    "PENDING",
+    "RETRYING",
+    "RUNNING",
+    "SUCCEEDED",
+    "Job",
+    "JobError",
+    "JobNotFound",
+    "JobStore",
+    "StartDecision",
+]

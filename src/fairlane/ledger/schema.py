@@ -1,0 +1,133 @@
+"""The ledger's tables, as SQLAlchemy Core metadata.
+
+Alembic migrations under ``migrations/versions`` create and evolve these tables; this
+module is what the query code is written against. Keep the two in step.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+#: States a job can be in; the last three are final.
+PENDING, DISPATCHED, RUNNING, RETRYING = "pending", "dispatched", "running", "retrying"
+SUCCEEDED, DEAD, CANCELLED = "succeeded", "dead", "cancelled"
+STATES = (PENDING, DISPATCHED, RUNNING, RETRYING, SUCCEEDED, DEAD, CANCELLED)
+FINAL_STATES = frozenset({SUCCEEDED, DEAD, CANCELLED})
+#: States whose jobs wait in the ledger backlog for admission.
+BACKLOG_STATES = (PENDING, RETRYING)
+
+_BACKLOG_WHERE = sa.text("state IN ('pending', 'retrying')")
+_FINAL_WHERE = sa.text("state IN ('succeeded', 'dead', 'cancelled')")
+_LIVE_WHERE = sa.text("state IN ('dispatched', 'running')")
+
+
+def _ts(name: str, *, nullable: bool = True) -> sa.Column[object]:
+    return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable)
+
+
+jobs = sa.Table(
+    "fairlane_jobs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("actor", sa.String(255), nullable=False),
+    sa.Column("queue", sa.String(255), nullable=False),
+    sa.Column("tenant", sa.String(128), nullable=False),
+    sa.Column("lane", sa.String(32), nullable=False),
+    sa.Column("lane_rank", sa.SmallInteger, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("stride_pass", sa.Float, nullable=False),
+    sa.Column("cost", sa.Float, nullable=False, server_default="1"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("idempotency_key", sa.String(255)),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("worker_id", sa.String(128)),
+    sa.Column("progress", sa.JSON),
+    sa.Column("result", sa.JSON),
+    sa.Column("result_path", sa.Text),
+    sa.Column("error_type", sa.String(255)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("error_traceback", sa.Text),
+    _ts("enqueued_at", nullable=False),
+    _ts("next_run_at", nullable=False),
+    _ts("dispatched_at"),
+    _ts("started_at"),
+    _ts("finished_at"),
+    _ts("updated_at", nullable=False),
+    sa.Index(
+        "ix_fairlane_jobs_claim",
+        "queue",
+        "lane_rank",
+        "stride_pass",
+        "id",
+        postgresql_where=_BACKLOG_WHERE,
+        sqlite_where=_BACKLOG_WHERE,
+    ),
+    sa.Index("ix_fairlane_jobs_state", "state", "queue", "enqueued_at"),
+    sa.Index("ix_fairlane_jobs_tenant", "tenant", "enqueued_at", "id"),
+    sa.Index(
+        "ix_fairlane_jobs_cleanup",
+        "state",
+        "finished_at",
+        postgresql_where=_FINAL_WHERE,
+        sqlite_where=_FINAL_WHERE,
+    ),
+    sa.Index(
+        "ix_fairlane_jobs_live",
+        "state",
+        "dispatched_at",
+        postgresql_where=_LIVE_WHERE,
+        sqlite_where=_LIVE_WHERE,
+    ),
+    sa.UniqueConstraint("tenant", "idempotency_key", name="uq_fairlane_jobs_idempotency"),
+)
+
+#: One row per actor queue: how many of its jobs are published but not yet started.
+queues = sa.Table(
+    "fairlane_queues",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("in_flight", sa.Integer, nullable=False, server_default="0"),
+)
+
+#: Stride scheduling state: the virtual time of each (queue, lane).
+lanes = sa.Table(
+    "fairlane_lanes",
+    metadata,
+    sa.Column("queue", sa.String(255), primary_key=True),
+    sa.Column("lane", sa.String(32), primary_key=True),
+    sa.Column("virtual_time", sa.Float, nullable=False, server_default="0"),
+)
+
+#: Stride scheduling state: the last pass handed to a tenant in a (queue, lane).
+tenant_passes = sa.Table(
+    "fairlane_tenant_passes",
+    metadata,
+    sa.Column("queue", sa.String(255), primary_key=True),
+    sa.Column("lane", sa.String(32), primary_key=True),
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("last_pass", sa.Float, nullable=False),
+)
+
+#: Per-tenant scheduling settings (weight; more come with the fairness work).
+tenants = sa.Table(
+    "fairlane_tenants",
+    metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("weight", sa.Float, nullable=False, server_default="1"),
+)
+
+#: Records written by the built-in ``ingest`` actor.
+ingested_records = sa.Table(
+    "fairlane_ingested_records",
+    metadata,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("item_index", sa.Integer, primary_key=True),
+    sa.Column("tenant", sa.String(128), nullable=False),
+    sa.Column("record_key", sa.String(255)),
+    sa.Column("data", sa.JSON, nullable=False),
+    _ts("ingested_at", nullable=False),
+    sa.Index("ix_fairlane_ingested_records_tenant", "tenant", "record_key"),
+)

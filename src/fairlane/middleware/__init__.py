@@ -1,0 +1,1 @@
+"""Dramatiq middleware that ties message processing to the ledger."""

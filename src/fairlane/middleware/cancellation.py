@@ -1,0 +1,79 @@
+"""Cancellation: interrupt running jobs whose cancel was requested.
+
+A watcher thread checks the ledger every ``cancel_poll_interval`` seconds for cancel
+requests among the jobs this process runs, and raises :class:`~fairlane.errors.JobCancelled`
+in the thread running each. The job then ends ``cancelled``; it is not retried.
+(A job that has not started yet is cancelled in the ledger directly and never runs.)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from dramatiq.broker import Broker, MessageProxy
+from dramatiq.middleware import Middleware
+from dramatiq.middleware.threading import raise_thread_exception
+
+from fairlane.errors import JobCancelled
+from fairlane.ledger.jobs import JobStore
+
+logger = logging.getLogger("fairlane.worker")
+
+
+class Cancellation(Middleware):
+    """Watch this process's running jobs for cancel requests and interrupt them."""
+
+    def __init__(self, jobs: JobStore, poll_interval: float) -> None:
+        self.jobs = jobs
+        self.poll_interval = poll_interval
+        self._running: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def after_worker_boot(self, broker: Broker, worker: Any) -> None:
+        self._stop.clear()
+        self._watcher = threading.Thread(target=self._watch, name="fairlane-cancellation", daemon=True)
+        self._watcher.start()
+
+    def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:
+        self._stop.set()
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        with self._lock:
+            self._running[threading.get_ident()] = message.message_id
+
+    def after_process_message(
+        self, broker: Broker, message: MessageProxy, *, result: Any = None, exception: BaseException | None = None
+    ) -> None:
+        with self._lock:
+            self._running.pop(threading.get_ident(), None)
+        if isinstance(exception, JobCancelled):
+            self.jobs.mark_cancelled(message.message_id)
+            logger.info("event=job_cancelled job=%s actor=%s", message.message_id, message.actor_name)
+
+    after_skip_message = after_process_message  # type: ignore[assignment]
+
+    def interrupt_cancelled(self) -> int:
+        """Interrupt every running job of this process whose cancel was requested; returns how many."""
+        with self._lock:
+            running = dict(self._running)
+        if not running:
+            return 0
+        requested = self.jobs.cancel_requested_among(running.values())
+        with self._lock:
+            targets = [thread for thread, job_id in self._running.items() if job_id in requested]
+            for thread_id in targets:
+                # Forget the job so it is interrupted once, however long it takes to unwind.
+                del self._running[thread_id]
+                raise_thread_exception(thread_id, JobCancelled)
+        return len(targets)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_interval):
+            try:
+                self.interrupt_cancelled()
+            except Exception:
+                logger.exception("event=cancellation_check_failed")

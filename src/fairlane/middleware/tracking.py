@@ -1,0 +1,58 @@
+"""Tracking: moves each received job to ``running`` (counting the attempt) or skips it.
+
+A job cancelled before it started, or already finished (a duplicate delivery), is acked
+without running. A message with no ledger row, or for an actor this worker doesn't know,
+is dead-lettered with the reason. Each start frees a dispatch slot, so the queue's next
+backlog jobs are admitted right away.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+from dramatiq.broker import Broker, MessageProxy
+from dramatiq.errors import ActorNotFound
+from dramatiq.middleware import Middleware, SkipMessage
+
+from fairlane.ledger.jobs import JobError, JobStore, StartDecision
+
+logger = logging.getLogger("fairlane.worker")
+
+#: Key under which the attempt number is put in a message's in-memory options.
+ATTEMPT_OPTION = "attempt"
+
+
+def default_worker_id() -> str:
+    """``host:pid`` of this process, as recorded on the jobs it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Tracking(Middleware):
+    """Record job starts in the ledger and refuse messages that must not run."""
+
+    def __init__(self, jobs: JobStore) -> None:
+        self.jobs = jobs
+        self.worker_id = default_worker_id()
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        decision, attempt = self.jobs.start(message.message_id, self.worker_id)
+        if decision is StartDecision.UNKNOWN:
+            reason = f"no ledger row for job {message.message_id}"
+            logger.error("event=message_dead_lettered job=%s reason=%r", message.message_id, reason)
+            broker.dead_letter_raw(message.queue_name, message.encode(), reason)  # type: ignore[attr-defined]
+            raise SkipMessage(reason)
+        if decision is StartDecision.SKIP:
+            logger.info("event=job_skipped job=%s reason='cancelled or already finished'", message.message_id)
+            raise SkipMessage("cancelled or already finished")
+        message.options[ATTEMPT_OPTION] = attempt
+        broker.admit(broker.actor_queue_of(message.queue_name))  # type: ignore[attr-defined]
+
+    def before_nack(self, broker: Broker, message: MessageProxy) -> None:
+        error: Any = getattr(message, "_exception", None)
+        if isinstance(error, ActorNotFound):
+            reason = f"actor {message.actor_name!r} is not declared in this worker"
+            self.jobs.kill(message.message_id, JobError("ActorNotFound", reason))
+            logger.error("event=message_dead_lettered job=%s reason=%r", message.message_id, reason)
