@@ -173,12 +173,10 @@ class Admission:
             )
         return str(row.queue)
 
-    def backlog_queues(self) -> list[str]:
-        """Queues that have any job waiting in the ledger backlog."""
+    def known_queues(self) -> list[str]:
+        """Every actor queue that has ever admitted or been sent a job."""
         with self.engine.connect() as connection:
-            return list(
-                connection.scalars(sa.select(jobs.c.queue).where(jobs.c.state.in_(BACKLOG_STATES)).distinct())
-            )
+            return list(connection.scalars(sa.select(queues.c.name).order_by(queues.c.name)))
 
     # -- helpers -------------------------------------------------------------------------------------
 

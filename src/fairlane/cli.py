@@ -1,0 +1,276 @@
+"""The ``fairlane`` command: worker, jobs, dead letters and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from fairlane import dead_letters
+from fairlane.app import App, get_app
+from fairlane.errors import JobNotFound, SettingsError
+from fairlane.ledger.database import utcnow
+from fairlane.ledger.jobs import Job
+
+console = Console()
+_DURATION = re.compile(r"(\d+)([smhd])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90s``, ``30m``, ``12h``, ``7d`` (or combinations such as ``1d12h``) as a timedelta."""
+    parts = _DURATION.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 30m, 12h or 7d")
+    total = timedelta()
+    for number, unit in parts:
+        total += timedelta(**{_UNITS[unit]: int(number)})
+    return total
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+    )
+    for noisy in ("pika", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# -- worker ---------------------------------------------------------------------------------------------
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from fairlane.worker import run_process, run_processes
+
+    if args.processes == 1:
+        return run_process(args.modules, args.threads, args.shutdown_timeout)
+    return run_processes(args.modules, args.processes, args.threads, args.shutdown_timeout)
+
+
+# -- jobs -----------------------------------------------------------------------------------------------
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.isoformat(timespec="milliseconds") if moment else "-"
+
+
+def _print_job(job: Job, message: str | None = None) -> None:
+    table = Table(show_header=False, box=None)
+    for name, value in (
+        ("id", job.id),
+        ("actor", job.actor),
+        ("queue", job.queue),
+        ("tenant", job.tenant),
+        ("priority", job.priority),
+        ("state", job.state + (" (cancel requested)" if job.cancel_requested else "")),
+        ("attempts", str(job.attempts)),
+        ("idempotency key", job.idempotency_key or "-"),
+        ("enqueued", _when(job.enqueued_at)),
+        ("runnable from", _when(job.next_run_at)),
+        ("started", _when(job.started_at)),
+        ("finished", _when(job.finished_at)),
+        ("progress", json.dumps(job.progress) if job.progress else "-"),
+        ("result", json.dumps(job.result)[:2000] if job.state == "succeeded" else "-"),
+        ("error", f"{job.error.type}: {job.error.message}" if job.error else "-"),
+    ):
+        table.add_row(f"[bold]{name}[/]", value)
+    if message is not None:
+        table.add_row("[bold]message[/]", message[:2000])
+    console.print(table)
+    if job.error and job.error.traceback:
+        console.print("[bold]traceback[/]")
+        console.print(job.error.traceback, markup=False, highlight=False)
+
+
+def _jobs_table(jobs: Sequence[Job], *, title: str) -> Table:
+    table = Table(title=title)
+    for column in ("id", "actor", "tenant", "priority", "state", "attempts", "enqueued", "error"):
+        table.add_column(column)
+    for job in jobs:
+        error = f"{job.error.type}: {job.error.message}"[:60] if job.error else ""
+        table.add_row(
+            job.id, job.actor, job.tenant, job.priority, job.state, str(job.attempts), _when(job.enqueued_at), error
+        )
+    return table
+
+
+def _cmd_jobs_show(args: argparse.Namespace) -> int:
+    from fairlane import jobs
+
+    _print_job(jobs.get(args.id))
+    return 0
+
+
+def _cmd_jobs_list(args: argparse.Namespace) -> int:
+    from fairlane import jobs
+
+    found = jobs.list(
+        tenant=args.tenant, state=args.state, actor=args.actor, queue=args.queue, limit=args.limit, before=args.before
+    )
+    console.print(_jobs_table(found, title=f"{len(found)} jobs, newest first"))
+    if len(found) == args.limit:
+        console.print(f"next page: --before {found[-1].id}")
+    return 0
+
+
+def _cmd_jobs_cancel(args: argparse.Namespace) -> int:
+    from fairlane import jobs
+
+    job = jobs.cancel(args.id)
+    console.print(f"job {job.id}: {job.state}" + (" (cancel requested)" if job.cancel_requested else ""))
+    return 0
+
+
+# -- dead letters ---------------------------------------------------------------------------------------
+
+
+def _cmd_dlq_list(args: argparse.Namespace) -> int:
+    app = get_app()
+    dead = dead_letters.dead_jobs(app, actor=args.actor, tenant=args.tenant, queue=args.queue, limit=args.limit)
+    console.print(_jobs_table(dead, title=f"{len(dead)} dead jobs, oldest first"))
+    for queue in _known_queues(app, args.queue):
+        raw = dead_letters.raw_dead_letters(app, queue)
+        for letter in raw:
+            console.print(f"[yellow]{queue}.XQ[/] no ledger row: {letter.reason} :: {letter.body_preview[:80]!r}")
+    return 0
+
+
+def _cmd_dlq_show(args: argparse.Namespace) -> int:
+    app = get_app()
+    job = app.jobs.get(args.id)
+    if job.state != "dead":
+        console.print(f"[yellow]job {job.id} is {job.state}, not dead[/]")
+    _print_job(job, message=app.jobs.message_of(job.id))
+    return 0
+
+
+def _select_dead(app: App, args: argparse.Namespace) -> list[Job]:
+    if getattr(args, "ids", None):
+        return [app.jobs.get(job_id) for job_id in args.ids]
+    older_than = utcnow() - args.older_than if args.older_than else None
+    return dead_letters.dead_jobs(app, actor=args.actor, tenant=args.tenant, queue=args.queue, older_than=older_than)
+
+
+def _with_progress(label: str, jobs: list[Job], action: Callable[[Callable[[int], None]], int]) -> int:
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), console=console) as bar:
+        task = bar.add_task(label, total=len(jobs))
+        return action(lambda done: bar.update(task, completed=done))
+
+
+def _cmd_dlq_requeue(args: argparse.Namespace) -> int:
+    if not (args.ids or args.actor or args.tenant or args.queue or args.older_than):
+        raise SystemExit("dlq requeue: give job ids or at least one of --actor, --tenant, --queue, --older-than")
+    app = get_app()
+    selected = _select_dead(app, args)
+    count = _with_progress("requeue", selected, lambda report: dead_letters.requeue(app, selected, report))
+    console.print(f"requeued {count} dead job(s) through admission")
+    return 0
+
+
+def _cmd_dlq_purge(args: argparse.Namespace) -> int:
+    app = get_app()
+    selected = _select_dead(app, args)
+    for queue in _known_queues(app, args.queue):
+        app.broker.declare_queue(queue)
+    cutoff = utcnow() - args.older_than
+    count = _with_progress(
+        "purge", selected, lambda report: dead_letters.purge(app, selected, report, raw_before=cutoff)
+    )
+    console.print(f"purged {count} dead job(s) older than {args.older_than}")
+    return 0
+
+
+def _known_queues(app: App, only: str | None) -> list[str]:
+    return [only] if only else app.admission.known_queues()
+
+
+# -- demo -----------------------------------------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from fairlane.demo import run_demo
+
+    return run_demo(console, seconds=args.seconds)
+
+
+# -- parser ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``fairlane`` command."""
+    parser = argparse.ArgumentParser(prog="fairlane", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    worker = commands.add_parser("worker", help="run worker processes for the actors in MODULEs")
+    worker.add_argument("modules", nargs="+", metavar="MODULE")
+    worker.add_argument("--processes", "-p", type=int, default=1, choices=range(1, 65), metavar="N")
+    worker.add_argument("--threads", "-t", type=int, default=8, choices=range(1, 257), metavar="M")
+    worker.add_argument("--shutdown-timeout", type=float, default=600.0, help="seconds to let jobs finish")
+    worker.set_defaults(handler=_cmd_worker)
+
+    jobs = commands.add_parser("jobs", help="look up jobs").add_subparsers(dest="jobs_command", required=True)
+    show = jobs.add_parser("show", help="one job in full")
+    show.add_argument("id")
+    show.set_defaults(handler=_cmd_jobs_show)
+    listing = jobs.add_parser("list", help="jobs, newest first")
+    for name in ("--tenant", "--state", "--actor", "--queue", "--before"):
+        listing.add_argument(name)
+    listing.add_argument("--limit", type=int, default=50)
+    listing.set_defaults(handler=_cmd_jobs_list)
+    cancel = jobs.add_parser("cancel", help="cancel a job")
+    cancel.add_argument("id")
+    cancel.set_defaults(handler=_cmd_jobs_cancel)
+
+    dlq = commands.add_parser("dlq", help="dead letters").add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dlq.add_parser("list", help="dead jobs, and dead letters with no ledger row")
+    for name in ("--actor", "--tenant", "--queue"):
+        dlq_list.add_argument(name)
+    dlq_list.add_argument("--limit", type=int, default=100)
+    dlq_list.set_defaults(handler=_cmd_dlq_list)
+    dlq_show = dlq.add_parser("show", help="a dead job: error, traceback, message")
+    dlq_show.add_argument("id")
+    dlq_show.set_defaults(handler=_cmd_dlq_show)
+    requeue = dlq.add_parser("requeue", help="re-drive dead jobs (attempts reset, through admission)")
+    requeue.add_argument("ids", nargs="*", metavar="ID")
+    for name in ("--actor", "--tenant", "--queue"):
+        requeue.add_argument(name)
+    requeue.add_argument("--older-than", type=parse_duration, metavar="DURATION")
+    requeue.set_defaults(handler=_cmd_dlq_requeue)
+    purge = dlq.add_parser("purge", help="delete dead jobs that died before a time")
+    purge.add_argument("--older-than", type=parse_duration, required=True, metavar="DURATION")
+    for name in ("--actor", "--tenant", "--queue"):
+        purge.add_argument(name)
+    purge.set_defaults(handler=_cmd_dlq_purge)
+
+    demo = commands.add_parser("demo", help="a mixed multi-tenant workload on an embedded worker")
+    demo.add_argument("--seconds", type=float, default=45.0, help="upper bound on the demo's run time")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fairlane`` command."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return int(args.handler(args))
+    except SettingsError as error:
+        console.print(f"[red]{error}[/]")
+        return 2
+    except (JobNotFound, ValueError) as error:
+        console.print(f"[red]{error}[/]")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
