@@ -35,9 +35,10 @@ def _reachable(url: str) -> bool:
 
 
 def _docker_available() -> bool:
-    return shutil.which("docker") is not None and subprocess.run(
-        ["docker", "info"], capture_output=True, check=False
-    ).returncode == 0
+    return (
+        shutil.which("docker") is not None
+        and subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0
+    )
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +63,11 @@ def broker_url(broker_server_url: str) -> Iterator[str]:
     if ctl is None:
         pytest.fail("rabbitmqctl is needed to create the test run's private vhost")
     subprocess.run([ctl, "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run([ctl, "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True, capture_output=True)
+    subprocess.run(
+        [ctl, "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+        check=True,
+        capture_output=True,
+    )
     base = broker_server_url.rsplit("/", 1)[0]
     try:
         yield f"{base}/{quote(vhost, safe='')}"
@@ -88,7 +93,9 @@ def postgres_server_url() -> Iterator[str]:
 def postgres_url(postgres_server_url: str) -> Iterator[str]:
     """A private database for this test run, dropped afterwards."""
     name = f"fairlane_test_{RUN_ID}"
-    admin = sa.create_engine(postgres_server_url.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(
+        postgres_server_url.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
+    )
     with admin.connect() as connection:
         connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
     try:

@@ -1,12 +1,12 @@
 """fairlane: a multi-tenant, ledger-first background-job platform on Dramatiq and RabbitMQ.
 
-    import fairlane
+import fairlane
 
-    @fairlane.actor(queue_name="exports", max_retries=3, min_backoff=1000, time_limit=60_000)
-    def export_catalog(store_id: int) -> dict: ...
+@fairlane.actor(queue_name="exports", max_retries=3, min_backoff=1000, time_limit=60_000)
+def export_catalog(store_id: int) -> dict: ...
 
-    msg = export_catalog.send_with_options(args=(42,), tenant="store-42", priority="high")
-    fairlane.jobs.wait(msg.message_id, timeout=30)
+msg = export_catalog.send_with_options(args=(42,), tenant="store-42", priority="high")
+fairlane.jobs.wait(msg.message_id, timeout=30)
 """
 
 from __future__ import annotations

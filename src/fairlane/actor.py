@@ -17,7 +17,7 @@ R = TypeVar("R")
 class Actor(dramatiq.Actor[Any, R]):
     """A Dramatiq actor with fairlane's send options spelled out."""
 
-    def send_with_options(  # type: ignore[override]
+    def send_with_options(
         self,
         *,
         args: tuple[Any, ...] = (),
@@ -73,14 +73,13 @@ def actor(
     """
 
     def decorator(function: Callable[..., R]) -> Actor[R]:
-        declared = dramatiq.actor(
-            function,
+        declare = dramatiq.actor(
             actor_class=Actor,
             actor_name=actor_name,
             queue_name=queue_name,
             broker=get_app().broker,
             **options,
         )
-        return declared  # type: ignore[return-value]
+        return declare(function)  # type: ignore[return-value]
 
     return decorator(fn) if fn is not None else decorator

@@ -26,7 +26,7 @@ from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
 from fairlane.errors import InvalidJob
-from fairlane.ledger.admission import Admission, AdmittedJob, NewJob
+from fairlane.ledger.admission import Admission, NewJob
 from fairlane.ledger.database import utcnow
 from fairlane.settings import Settings
 from fairlane.validation import check_idempotency_key, check_tenant
@@ -271,7 +271,11 @@ class _FairlaneConsumer(_RabbitmqConsumer):
     def __next__(self) -> Any:
         try:
             method, _properties, body = next(self.iterator)
-        except (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
+        except (
+            AssertionError,
+            pika.exceptions.AMQPConnectionError,
+            pika.exceptions.AMQPChannelError,
+        ) as error:
             if getattr(error, "reply_code", None) == 404:
                 self.broker.queues_pending.add(self.broker.actor_queue_of(self.queue_name))
             raise ConnectionClosed(error) from None

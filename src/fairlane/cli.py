@@ -98,7 +98,14 @@ def _jobs_table(jobs: Sequence[Job], *, title: str) -> Table:
     for job in jobs:
         error = f"{job.error.type}: {job.error.message}"[:60] if job.error else ""
         table.add_row(
-            job.id, job.actor, job.tenant, job.priority, job.state, str(job.attempts), _when(job.enqueued_at), error
+            job.id,
+            job.actor,
+            job.tenant,
+            job.priority,
+            job.state,
+            str(job.attempts),
+            _when(job.enqueued_at),
+            error,
         )
     return table
 
@@ -114,7 +121,12 @@ def _cmd_jobs_list(args: argparse.Namespace) -> int:
     from fairlane import jobs
 
     found = jobs.list(
-        tenant=args.tenant, state=args.state, actor=args.actor, queue=args.queue, limit=args.limit, before=args.before
+        tenant=args.tenant,
+        state=args.state,
+        actor=args.actor,
+        queue=args.queue,
+        limit=args.limit,
+        before=args.before,
     )
     console.print(_jobs_table(found, title=f"{len(found)} jobs, newest first"))
     if len(found) == args.limit:
@@ -135,12 +147,16 @@ def _cmd_jobs_cancel(args: argparse.Namespace) -> int:
 
 def _cmd_dlq_list(args: argparse.Namespace) -> int:
     app = get_app()
-    dead = dead_letters.dead_jobs(app, actor=args.actor, tenant=args.tenant, queue=args.queue, limit=args.limit)
+    dead = dead_letters.dead_jobs(
+        app, actor=args.actor, tenant=args.tenant, queue=args.queue, limit=args.limit
+    )
     console.print(_jobs_table(dead, title=f"{len(dead)} dead jobs, oldest first"))
     for queue in _known_queues(app, args.queue):
         raw = dead_letters.raw_dead_letters(app, queue)
         for letter in raw:
-            console.print(f"[yellow]{queue}.XQ[/] no ledger row: {letter.reason} :: {letter.body_preview[:80]!r}")
+            console.print(
+                f"[yellow]{queue}.XQ[/] no ledger row: {letter.reason} :: {letter.body_preview[:80]!r}"
+            )
     return 0
 
 
@@ -157,7 +173,9 @@ def _select_dead(app: App, args: argparse.Namespace) -> list[Job]:
     if getattr(args, "ids", None):
         return [app.jobs.get(job_id) for job_id in args.ids]
     older_than = utcnow() - args.older_than if args.older_than else None
-    return dead_letters.dead_jobs(app, actor=args.actor, tenant=args.tenant, queue=args.queue, older_than=older_than)
+    return dead_letters.dead_jobs(
+        app, actor=args.actor, tenant=args.tenant, queue=args.queue, older_than=older_than
+    )
 
 
 def _with_progress(label: str, jobs: list[Job], action: Callable[[Callable[[int], None]], int]) -> int:
@@ -168,7 +186,9 @@ def _with_progress(label: str, jobs: list[Job], action: Callable[[Callable[[int]
 
 def _cmd_dlq_requeue(args: argparse.Namespace) -> int:
     if not (args.ids or args.actor or args.tenant or args.queue or args.older_than):
-        raise SystemExit("dlq requeue: give job ids or at least one of --actor, --tenant, --queue, --older-than")
+        raise SystemExit(
+            "dlq requeue: give job ids or at least one of --actor, --tenant, --queue, --older-than"
+        )
     app = get_app()
     selected = _select_dead(app, args)
     count = _with_progress("requeue", selected, lambda report: dead_letters.requeue(app, selected, report))

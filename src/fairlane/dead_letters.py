@@ -48,7 +48,9 @@ def dead_jobs(
     limit: int | None = None,
 ) -> list[Job]:
     """Dead jobs in the ledger, oldest first."""
-    return app.jobs.dead_jobs(actor=actor, tenant=tenant, queue=queue, finished_before=older_than, limit=limit)
+    return app.jobs.dead_jobs(
+        actor=actor, tenant=tenant, queue=queue, finished_before=older_than, limit=limit
+    )
 
 
 def dead_letter_counts(app: App) -> dict[str, int]:
@@ -57,7 +59,9 @@ def dead_letter_counts(app: App) -> dict[str, int]:
     channel = app.broker.channel
     for queue in sorted(app.broker.actor_queues):
         app.broker.declare_queue(queue, ensure=True)
-        counts[queue] = channel.queue_declare(dead_letter_queue_name(queue), passive=True).method.message_count
+        counts[queue] = channel.queue_declare(
+            dead_letter_queue_name(queue), passive=True
+        ).method.message_count
     return counts
 
 
@@ -68,7 +72,11 @@ def raw_dead_letters(app: App, queue: str) -> list[RawDeadLetter]:
 
     def _keep_raw(job_id: str | None, properties: pika.BasicProperties, body: bytes) -> bool:
         if job_id is None or job_id not in dead_ids:
-            found.append(RawDeadLetter(queue, _reason(properties), _dead_at(properties), body[:200].decode(errors="replace")))
+            found.append(
+                RawDeadLetter(
+                    queue, _reason(properties), _dead_at(properties), body[:200].decode(errors="replace")
+                )
+            )
         return False
 
     _sweep_dead_letter_queue(app, queue, _keep_raw)
@@ -93,7 +101,9 @@ def requeue(app: App, jobs: Iterable[Job], progress: Progress | None = None) -> 
     return requeued
 
 
-def purge(app: App, jobs: Iterable[Job], progress: Progress | None = None, *, raw_before: datetime | None = None) -> int:
+def purge(
+    app: App, jobs: Iterable[Job], progress: Progress | None = None, *, raw_before: datetime | None = None
+) -> int:
     """Delete dead jobs (rows, result files, RabbitMQ copies). Returns how many rows went.
 
     With ``raw_before``, raw dead letters (no ledger row) that died before it go too.

@@ -8,6 +8,7 @@ The demo ends with a per-tenant table of waits and outcomes, read from the ledge
 
 from __future__ import annotations
 
+import logging
 import statistics
 import threading
 import time
@@ -90,57 +91,75 @@ def _webhook_sink() -> Iterator[str]:
 
 
 def _records(batch: int, *, with_errors: bool) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = [{"sku": f"SKU-{batch}-{item}", "qty": item} for item in range(RECORDS_PER_BATCH)]
+    records: list[dict[str, Any]] = [
+        {"sku": f"SKU-{batch}-{item}", "qty": item} for item in range(RECORDS_PER_BATCH)
+    ]
     if with_errors:
         records[3] = {"qty": 1}  # no "sku": a per-item error, the batch still succeeds
     return records
 
 
-def _send_workload(sink: str) -> dict[str, list[str]]:
-    from fairlane.actors.ingest import ingest
-    from fairlane.actors.webhook import webhook
+class _Workload:
+    """The demo's sends, recorded per tenant."""
 
-    run = uuid.uuid4().hex[:8]
-    sent: dict[str, list[str]] = {tenant: [] for tenant in (NOISY_TENANT, *LIGHT_TENANTS)}
+    def __init__(self, sink: str) -> None:
+        self.sink = sink
+        self.run = uuid.uuid4().hex[:8]
+        self.sent: dict[str, list[str]] = {tenant: [] for tenant in (NOISY_TENANT, *LIGHT_TENANTS)}
 
-    def batch(tenant: str, number: int, **options: Any) -> None:
+    def flood(self) -> None:
+        """The noisy tenant's backlog, sent before any worker runs."""
+        for number in range(NOISY_BATCHES):
+            self._batch(NOISY_TENANT, number)
+
+    def light_traffic(self) -> None:
+        """The light tenants' batches and webhooks, sent behind the flood."""
+        for number in range(10):
+            for tenant in LIGHT_TENANTS:
+                self._batch(
+                    tenant, number, priority="urgent" if tenant == "globex" and number < 3 else "normal"
+                )
+        for number in range(5):
+            self._hook("globex", "/ok", priority="high")
+            self._hook("initech", f"/flaky/{self.run}-{number}", idempotency_key=f"demo-{self.run}-{number}")
+        self._hook("umbrella", "/gone")
+
+    def _batch(self, tenant: str, number: int, **options: Any) -> None:
+        from fairlane.actors.ingest import ingest
+
         records = _records(number, with_errors=number % 7 == 3)
-        message = ingest.send_with_options(args=(records,), kwargs={"key_field": "sku"}, tenant=tenant, **options)
-        sent[tenant].append(message.message_id)
-
-    def hook(tenant: str, path: str, **options: Any) -> None:
-        payload = {"event": "order.created", "tenant": tenant}
-        message = webhook.send_with_options(args=(sink + path, payload), tenant=tenant, **options)
-        sent[tenant].append(message.message_id)
-
-    for number in range(NOISY_BATCHES):
-        batch(NOISY_TENANT, number)
-    for number in range(10):
-        for tenant in LIGHT_TENANTS:
-            batch(tenant, number, priority="urgent" if tenant == "globex" and number < 3 else "normal")
-    for number in range(5):
-        hook("globex", "/ok", priority="high")
-        hook("initech", f"/flaky/{run}-{number}", idempotency_key=f"demo-{run}-{number}")
-    hook("umbrella", "/gone")
-    return sent
-
-
-def _progress_counts(app: App, ids: list[str]) -> tuple[int, Counter[str]]:
-    with app.engine.connect() as connection:
-        states = Counter(
-            dict(connection.execute(sa.select(jobs.c.state, sa.func.count()).where(jobs.c.id.in_(ids)).group_by(jobs.c.state)).all())
+        message = ingest.send_with_options(
+            args=(records,), kwargs={"key_field": "sku"}, tenant=tenant, **options
         )
-    return sum(count for state, count in states.items() if state in FINAL_STATES), states
+        self.sent[tenant].append(message.message_id)
+
+    def _hook(self, tenant: str, path: str, **options: Any) -> None:
+        from fairlane.actors.webhook import webhook
+
+        payload = {"event": "order.created", "tenant": tenant}
+        message = webhook.send_with_options(args=(self.sink + path, payload), tenant=tenant, **options)
+        self.sent[tenant].append(message.message_id)
+
+
+def _finished_count(app: App, ids: list[str]) -> int:
+    with app.engine.connect() as connection:
+        return int(
+            connection.execute(
+                sa.select(sa.func.count()).where(jobs.c.id.in_(ids), jobs.c.state.in_(tuple(FINAL_STATES)))
+            ).scalar_one()
+        )
 
 
 def _summary(app: App, sent: dict[str, list[str]]) -> Table:
     table = Table(title="fairlane demo: per tenant")
-    for column in ("tenant", "jobs", "wait p50", "wait p99", "succeeded", "retried", "dead", "not finished"):
+    for column in ("tenant", "jobs", "wait p50", "wait p99", "ok", "retried", "dead", "left"):
         table.add_column(column, justify="right" if column != "tenant" else "left")
     for tenant, ids in sent.items():
         with app.engine.connect() as connection:
             rows = connection.execute(
-                sa.select(jobs.c.state, jobs.c.attempts, jobs.c.started_at, jobs.c.next_run_at).where(jobs.c.id.in_(ids))
+                sa.select(jobs.c.state, jobs.c.attempts, jobs.c.started_at, jobs.c.next_run_at).where(
+                    jobs.c.id.in_(ids)
+                )
             ).all()
         waits = sorted(
             (as_utc(row.started_at) - as_utc(row.next_run_at)).total_seconds() * 1000  # type: ignore[operator]
@@ -170,7 +189,8 @@ def run_demo(console: Console, seconds: float = 45.0) -> int:
     if problem is not None:
         console.print(
             f"[red]RabbitMQ is not reachable at {_masked(app.settings.broker_url)} ({problem}).[/]\n"
-            "Start one locally with [bold]rabbitmq-server -detached[/] (Debian/Ubuntu: apt install rabbitmq-server),\n"
+            "Start one locally with [bold]rabbitmq-server -detached[/]"
+            " (Debian/Ubuntu: apt install rabbitmq-server),\n"
             "or point FAIRLANE_BROKER_URL at a running broker, then run the demo again."
         )
         return 1
@@ -178,28 +198,40 @@ def run_demo(console: Console, seconds: float = 45.0) -> int:
     console.print(
         f"[bold]fairlane demo[/]: ledger {app.engine.url.render_as_string(hide_password=True)}, "
         f"broker {_masked(app.settings.broker_url)}\n"
-        f"{NOISY_TENANT} floods {NOISY_BATCHES} ingest batches; {', '.join(LIGHT_TENANTS)} send a few batches "
-        "and webhooks (some urgent, some flaky, one to a 404)."
+        f"{NOISY_TENANT} floods {NOISY_BATCHES} ingest batches; {', '.join(LIGHT_TENANTS)} "
+        "send a few batches and webhooks (some urgent, some flaky, one to a 404)."
     )
+    logging.getLogger("fairlane").setLevel(logging.WARNING)
+    logging.getLogger("dramatiq").setLevel(logging.CRITICAL)  # expected failures would flood the screen
     deadline = time.monotonic() + seconds
-    with _webhook_sink() as sink, running_worker(app, threads=8, shutdown_timeout=10):
-        sent = _send_workload(sink)
-        with Progress(TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(), console=console) as bars:
-            tasks = {tenant: bars.add_task(tenant, total=len(ids)) for tenant, ids in sent.items()}
-            while time.monotonic() < deadline:
-                remaining = 0
-                for tenant, ids in sent.items():
-                    finished, _states = _progress_counts(app, ids)
-                    bars.update(tasks[tenant], completed=finished)
-                    remaining += len(ids) - finished
-                if remaining == 0:
-                    break
-                time.sleep(0.2)
-    console.print(_summary(app, sent))
-    dead = [job_id for job_id in sent["umbrella"] if app.jobs.get(job_id).state == "dead"]
+    with _webhook_sink() as sink:
+        workload = _Workload(sink)
+        workload.flood()
+        with running_worker(app, threads=8, shutdown_timeout=10):
+            workload.light_traffic()
+            _watch(console, app, workload.sent, deadline)
+    console.print(_summary(app, workload.sent))
+    dead = [job_id for job_id in workload.sent["umbrella"] if app.jobs.get(job_id).state == "dead"]
     console.print(
         "Look closer: [bold]fairlane jobs list --tenant initech[/], "
         + (f"[bold]fairlane dlq show {dead[0]}[/], " if dead else "")
         + "[bold]fairlane dlq list[/]"
     )
     return 0
+
+
+def _watch(console: Console, app: App, sent: dict[str, list[str]], deadline: float) -> None:
+    """Live progress bars per tenant until every job finished or the deadline passed."""
+    with Progress(
+        TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(), console=console
+    ) as bars:
+        tasks = {tenant: bars.add_task(tenant, total=len(ids)) for tenant, ids in sent.items()}
+        while time.monotonic() < deadline:
+            remaining = 0
+            for tenant, ids in sent.items():
+                finished = _finished_count(app, ids)
+                bars.update(tasks[tenant], completed=finished)
+                remaining += len(ids) - finished
+            if remaining == 0:
+                break
+            time.sleep(0.2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+
 from fairlane.app import get_app
 from fairlane.errors import JobTimeout
 from fairlane.ledger.jobs import Job, JobError, JobNotFound
@@ -25,7 +26,7 @@ def get(job_id: str) -> Job:
     return _with_result(get_app().jobs.get(job_id))
 
 
-def list(  # noqa: A001 - the public name the API promises
+def list(
     *,
     tenant: str | None = None,
     state: str | None = None,
@@ -39,7 +40,9 @@ def list(  # noqa: A001 - the public name the API promises
     For the next page pass the last job's id as ``before``. Large results are not loaded
     here; use :func:`get` for one job's full result.
     """
-    return get_app().jobs.list(tenant=tenant, state=state, actor=actor, queue=queue, limit=limit, before=before)
+    return get_app().jobs.list(
+        tenant=tenant, state=state, actor=actor, queue=queue, limit=limit, before=before
+    )
 
 
 def cancel(job_id: str) -> Job:

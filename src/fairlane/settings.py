@@ -7,10 +7,10 @@ This is the only module that reads the environment. Everything else receives a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "FAIRLANE_"
 
@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     queue_type: Literal["classic", "quorum"] = "classic"
     """RabbitMQ queue type for lane and dead-letter queues."""
 
-    lanes: tuple[str, ...] = ("urgent", "high", "normal", "low")
+    lanes: Annotated[tuple[str, ...], NoDecode] = ("urgent", "high", "normal", "low")
     """Priority lanes, highest first. One RabbitMQ queue per lane per actor queue."""
     default_lane: str = "normal"
     default_tenant: str = "default"

@@ -29,5 +29,7 @@ def check_idempotency_key(key: object) -> str:
     if not isinstance(key, str) or not key.strip():
         raise InvalidJob(f"idempotency_key must be a non-empty string, not {key!r}")
     if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
-        raise InvalidJob(f"idempotency_key is {len(key)} characters; the limit is {MAX_IDEMPOTENCY_KEY_LENGTH}")
+        raise InvalidJob(
+            f"idempotency_key is {len(key)} characters; the limit is {MAX_IDEMPOTENCY_KEY_LENGTH}"
+        )
     return key

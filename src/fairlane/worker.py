@@ -97,7 +97,9 @@ def run_processes(modules: Sequence[str], processes: int, threads: int, shutdown
         for child in children:
             code = child.poll()
             if code not in (None, 0) and not stopping.is_set():
-                logger.error("event=worker_process_died pid=%d code=%s action='stopping the others'", child.pid, code)
+                logger.error(
+                    "event=worker_process_died pid=%d code=%s action='stopping the others'", child.pid, code
+                )
                 exit_code = code or 1
                 _forward(signal.SIGTERM, None)
         time.sleep(0.2)

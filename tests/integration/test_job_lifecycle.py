@@ -57,7 +57,9 @@ def test_job_moves_pending_dispatched_running_succeeded(app: Any, queue: str, wo
     assert done.enqueued_at <= done.dispatched_at <= done.started_at <= done.finished_at  # type: ignore[operator]
 
 
-def test_send_without_options_uses_default_tenant_and_normal_priority(app: Any, queue: str, worker: Any) -> None:
+def test_send_without_options_uses_default_tenant_and_normal_priority(
+    app: Any, queue: str, worker: Any
+) -> None:
     # Given a plain Dramatiq actor declared on fairlane's broker
     @dramatiq.actor(queue_name=queue, broker=fairlane.get_broker())
     def plain(x: int) -> None:
@@ -193,7 +195,9 @@ def test_exhausted_retries_dead_letter_then_requeue_runs_again(app: Any, queue: 
         assert dead_letters.requeue(app, dead_letters.dead_jobs(app, tenant="acme", queue=queue)) == 1
 
         # Then it runs again from attempt 1 and succeeds, and the dead letter is gone
-        eventually(lambda: fairlane.jobs.get(message.message_id).state == "succeeded", message="re-driven job ran")
+        eventually(
+            lambda: fairlane.jobs.get(message.message_id).state == "succeeded", message="re-driven job ran"
+        )
     again = fairlane.jobs.get(message.message_id)
     assert (again.attempts, again.result) == (1, "synced")
     assert dead_letter_depth(app, queue) == 0
@@ -215,7 +219,9 @@ def test_non_retryable_exception_dead_letters_at_once(app: Any, queue: str, work
 
 def test_retry_when_decides(app: Any, queue: str, worker: Any) -> None:
     # Given an actor that retries only timeouts
-    @fairlane.actor(queue_name=queue, retry_when=lambda retries, error: isinstance(error, TimeoutError) and retries < 1)
+    @fairlane.actor(
+        queue_name=queue, retry_when=lambda retries, error: isinstance(error, TimeoutError) and retries < 1
+    )
     def call(kind: str) -> None:
         raise TimeoutError() if kind == "timeout" else KeyError(kind)
 

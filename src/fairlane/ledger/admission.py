@@ -16,7 +16,16 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from fairlane.ledger.database import utcnow
-from fairlane.ledger.schema import BACKLOG_STATES, DEAD, DISPATCHED, PENDING, jobs, lanes, queues, tenant_passes
+from fairlane.ledger.schema import (
+    BACKLOG_STATES,
+    DEAD,
+    DISPATCHED,
+    PENDING,
+    jobs,
+    lanes,
+    queues,
+    tenant_passes,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,10 +202,10 @@ class Admission:
         ).scalar_one_or_none()
         virtual_time = float(virtual_time or 0.0)
         increment = job.cost  # every tenant weighs 1 until tenant weights are configured
-        statement = self._insert(tenant_passes).values(
+        insert = self._insert(tenant_passes).values(
             queue=job.queue, lane=job.lane, tenant=job.tenant, last_pass=virtual_time
         )
-        statement = statement.on_conflict_do_update(
+        statement = insert.on_conflict_do_update(
             index_elements=[tenant_passes.c.queue, tenant_passes.c.lane, tenant_passes.c.tenant],
             set_={
                 "last_pass": _greatest(

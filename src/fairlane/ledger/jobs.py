@@ -30,6 +30,8 @@ from fairlane.ledger.schema import (
     queues,
 )
 
+_List = list
+
 
 class JobNotFound(LookupError):
     """Raised when no job has the given id."""
@@ -135,7 +137,7 @@ class JobStore:
         queue: str | None = None,
         limit: int = 50,
         before: str | None = None,
-    ) -> list[Job]:
+    ) -> _List[Job]:
         """Jobs matching every given filter, newest first.
 
         Pages are keyset-based: pass the last job id of a page as ``before`` to get the next.
@@ -197,7 +199,9 @@ class JobStore:
         now = utcnow()
         with self.engine.begin() as connection:
             row = connection.execute(
-                sa.select(jobs.c.state, jobs.c.queue, jobs.c.attempts).where(jobs.c.id == job_id).with_for_update()
+                sa.select(jobs.c.state, jobs.c.queue, jobs.c.attempts)
+                .where(jobs.c.id == job_id)
+                .with_for_update()
             ).first()
             if row is None:
                 return StartDecision.UNKNOWN, 0
@@ -269,7 +273,9 @@ class JobStore:
 
     def _finish_running(self, job_id: str, **values: Any) -> None:
         with self.engine.begin() as connection:
-            connection.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.state == RUNNING).values(**values))
+            connection.execute(
+                jobs.update().where(jobs.c.id == job_id, jobs.c.state == RUNNING).values(**values)
+            )
 
     # -- operator-side transitions -------------------------------------------------------------------
 
@@ -309,7 +315,7 @@ class JobStore:
         queue: str | None = None,
         finished_before: datetime | None = None,
         limit: int | None = None,
-    ) -> list[Job]:
+    ) -> _List[Job]:
         """Dead jobs matching every given filter, oldest first."""
         query = sa.select(*_JOB_COLUMNS).where(jobs.c.state == DEAD)
         for column, value in ((jobs.c.actor, actor), (jobs.c.tenant, tenant), (jobs.c.queue, queue)):

@@ -46,7 +46,12 @@ class Cancellation(Middleware):
             self._running[threading.get_ident()] = message.message_id
 
     def after_process_message(
-        self, broker: Broker, message: MessageProxy, *, result: Any = None, exception: BaseException | None = None
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
     ) -> None:
         with self._lock:
             self._running.pop(threading.get_ident(), None)
@@ -54,7 +59,7 @@ class Cancellation(Middleware):
             self.jobs.mark_cancelled(message.message_id)
             logger.info("event=job_cancelled job=%s actor=%s", message.message_id, message.actor_name)
 
-    after_skip_message = after_process_message  # type: ignore[assignment]
+    after_skip_message = after_process_message
 
     def interrupt_cancelled(self) -> int:
         """Interrupt every running job of this process whose cancel was requested; returns how many."""

@@ -1,7 +1,7 @@
 """Retries: exponential backoff with jitter in the ledger, then dead-lettering.
 
 A failed attempt with retries left puts the job back in the ledger backlog as
-``retrying``, runnable after ``uniform(0.5, 1) × min(max_backoff, min_backoff × 2^retries)``
+``retrying``, runnable after ``uniform(0.5, 1) * min(max_backoff, min_backoff * 2**retries)``
 milliseconds; the message is acked, so nothing waits unacked in a worker. The last
 failure marks the job ``dead`` (error type, message, traceback, attempts) and rejects the
 message into the queue's dead-letter queue.
@@ -32,7 +32,9 @@ from fairlane.settings import Settings
 logger = logging.getLogger("fairlane.worker")
 
 
-def backoff_ms(retries_so_far: int, min_backoff: int, max_backoff: int, rng: random.Random | None = None) -> int:
+def backoff_ms(
+    retries_so_far: int, min_backoff: int, max_backoff: int, rng: random.Random | None = None
+) -> int:
     """Milliseconds to wait before retry number ``retries_so_far + 1`` (equal jitter)."""
     ceiling = min(max_backoff, min_backoff * 2 ** min(retries_so_far, 62))
     return int(ceiling * (rng or random).uniform(0.5, 1.0))
@@ -50,7 +52,12 @@ class Retries(Middleware):
         return {"max_retries", "min_backoff", "max_backoff", "retry_when", "throws"}
 
     def after_process_message(
-        self, broker: Broker, message: MessageProxy, *, result: Any = None, exception: BaseException | None = None
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
     ) -> None:
         if exception is None or isinstance(exception, JobCancelled) or message.failed:
             return
@@ -88,7 +95,9 @@ class Retries(Middleware):
             error.type,
         )
 
-    def _should_retry(self, option: Callable[[str, Any], Any], retries_so_far: int, exception: BaseException) -> bool:
+    def _should_retry(
+        self, option: Callable[[str, Any], Any], retries_so_far: int, exception: BaseException
+    ) -> bool:
         throws = option("throws", None)
         if throws and isinstance(exception, throws):
             return False
