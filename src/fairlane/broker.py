@@ -28,6 +28,7 @@ from dramatiq.middleware import Middleware
 from fairlane.errors import InvalidJob
 from fairlane.ledger.admission import Admission, NewJob
 from fairlane.ledger.database import utcnow
+from fairlane.observability.catalog import JOBS_ENQUEUED
 from fairlane.settings import Settings
 from fairlane.validation import check_idempotency_key, check_tenant
 
@@ -148,6 +149,7 @@ class FairlaneBroker(RabbitmqBroker):
         job, stored = self._prepare(message, delay)
         job_id, created = self.admission.accept(job)
         if created:
+            JOBS_ENQUEUED.labels(queue=job.queue, actor=job.actor, lane=job.lane).inc()
             self.admit(job.queue)
         return stored if job_id == stored.message_id else stored.copy(message_id=job_id)
 

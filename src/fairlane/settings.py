@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "FAIRLANE_"
@@ -17,6 +17,29 @@ ENV_PREFIX = "FAIRLANE_"
 
 class SettingsError(ValueError):
     """Raised when a ``FAIRLANE_*`` variable holds an invalid value."""
+
+
+class RateLimit(BaseModel):
+    """A shared budget for an external API, e.g. 450 requests and 450,000 tokens per minute."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    requests_per_minute: float = Field(gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0)
+
+
+class CronSchedule(BaseModel):
+    """A periodic job declared in settings (``FAIRLANE_CRON``, a JSON list of these)."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    cron: str = Field(min_length=9, max_length=100)
+    actor: str = Field(min_length=1, max_length=255)
+    args: tuple[object, ...] = ()
+    kwargs: dict[str, object] = {}
+    tenant: str | None = None
+    priority: str | None = None
 
 
 class Settings(BaseSettings):
@@ -63,6 +86,43 @@ class Settings(BaseSettings):
     dead_letter_ttl_days: int = Field(default=90, ge=1, le=3650)
     """How long RabbitMQ keeps a dead letter (``x-message-ttl`` of the dead-letter queue)."""
 
+    # -- fairness -------------------------------------------------------------------------------------
+    tenant_cap: int | None = Field(default=None, ge=1)
+    """Default cap on one tenant's dispatched + running jobs per queue (None: no cap)."""
+    queue_tenant_caps: dict[str, int] = {}
+    """Per-queue default tenant caps, e.g. ``{"exports": 4}`` (a tenant's own cap wins)."""
+    lane_min_shares: dict[str, float] = {"high": 0.10, "normal": 0.10, "low": 0.05}
+    """Share of admissions each lane is guaranteed while it has backlog, so no lane starves."""
+    rate_limits: dict[str, RateLimit] = {}
+    """Shared rate limits by key (JSON in ``FAIRLANE_RATE_LIMITS``), e.g.
+    ``{"openai": {"requests_per_minute": 450, "tokens_per_minute": 450000}}``."""
+
+    # -- scheduler, health and metrics ----------------------------------------------------------------
+    retention_succeeded_days: float = Field(default=30, gt=0)
+    retention_dead_days: float = Field(default=90, gt=0)
+    retention_cancelled_days: float = Field(default=7, gt=0)
+    cleanup_batch_size: int = Field(default=500, ge=1, le=10_000)
+    cleanup_interval: float = Field(default=300, gt=0)
+    """Seconds between retention runs of the scheduler."""
+    reaper_interval: float = Field(default=15, gt=0)
+    heartbeat_interval: float = Field(default=5, gt=0)
+    """Seconds between a worker's heartbeats in the ledger."""
+    heartbeat_timeout: float = Field(default=60, gt=0)
+    """A running job whose worker's heartbeat is older than this goes back to pending."""
+    dispatch_timeout: float = Field(default=300, gt=0)
+    """A dispatched job no worker started within this many seconds is published again."""
+    gauges_interval: float = Field(default=15, gt=0)
+    """Seconds between the scheduler leader's exports of ledger and RabbitMQ gauges."""
+    cron: tuple[CronSchedule, ...] = ()
+    """Cron schedules declared in settings (JSON list); ``@fairlane.cron`` declares them in code."""
+    leader_lock_path: Path | None = None
+    """File lock for scheduler leadership on SQLite (default: beside the database file)."""
+    metrics_port: int = Field(default=9191, ge=0, le=65535)
+    health_port: int = Field(default=9192, ge=0, le=65535)
+    metrics_dir: Path = Path("./.fairlane/metrics")
+    """prometheus-client multiprocess directory of a worker pod, wiped when the pod starts."""
+    heartbeat_log_interval: float = Field(default=30, gt=0)
+
     @field_validator("broker_url")
     @classmethod
     def _check_broker_url(cls, value: str) -> str:
@@ -92,6 +152,14 @@ class Settings(BaseSettings):
             raise ValueError(f"default_lane: {self.default_lane!r} is not one of lanes {list(self.lanes)}")
         if self.min_backoff > self.max_backoff:
             raise ValueError("min_backoff: must not exceed max_backoff")
+        unknown = set(self.lane_min_shares) - set(self.lanes)
+        if unknown:
+            raise ValueError(f"lane_min_shares: unknown lanes {sorted(unknown)}")
+        shares = self.lane_min_shares.values()
+        if any(not 0 <= share <= 1 for share in shares) or sum(shares) > 1:
+            raise ValueError("lane_min_shares: each share must be in [0, 1] and together at most 1")
+        if any(cap < 1 for cap in self.queue_tenant_caps.values()):
+            raise ValueError("queue_tenant_caps: caps must be at least 1")
         return self
 
     @property

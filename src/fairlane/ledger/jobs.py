@@ -83,6 +83,15 @@ class StartDecision(enum.Enum):
     UNKNOWN = "unknown"
 
 
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """The outcome of :meth:`JobStore.start`: whether to run, which attempt, since when runnable."""
+
+    decision: StartDecision
+    attempt: int = 0
+    runnable_since: datetime | None = None
+
+
 def _job_from_row(row: sa.Row[Any]) -> Job:
     error = None
     if row.error_type is not None:
@@ -189,24 +198,24 @@ class JobStore:
 
     # -- worker-side transitions ---------------------------------------------------------------------
 
-    def start(self, job_id: str, worker_id: str) -> tuple[StartDecision, int]:
+    def start(self, job_id: str, worker_id: str) -> Start:
         """Mark a received job running and count the attempt, unless it must not run.
 
         A dispatched job frees its slot in the queue's dispatch budget. A job already running
         (its worker died and RabbitMQ redelivered the message) runs again. Cancelled and
-        finished jobs are skipped. Returns the decision and the attempt number.
+        finished jobs are skipped.
         """
         now = utcnow()
         with self.engine.begin() as connection:
             row = connection.execute(
-                sa.select(jobs.c.state, jobs.c.queue, jobs.c.attempts)
+                sa.select(jobs.c.state, jobs.c.queue, jobs.c.attempts, jobs.c.next_run_at)
                 .where(jobs.c.id == job_id)
                 .with_for_update()
             ).first()
             if row is None:
-                return StartDecision.UNKNOWN, 0
+                return Start(StartDecision.UNKNOWN)
             if row.state in FINAL_STATES:
-                return StartDecision.SKIP, row.attempts
+                return Start(StartDecision.SKIP, row.attempts)
             connection.execute(
                 jobs.update()
                 .where(jobs.c.id == job_id)
@@ -220,7 +229,7 @@ class JobStore:
             )
             if row.state == DISPATCHED:
                 _release_budget(connection, row.queue, 1)
-        return StartDecision.RUN, row.attempts + 1
+        return Start(StartDecision.RUN, row.attempts + 1, as_utc(row.next_run_at))
 
     def succeed(self, job_id: str, *, result: Any, result_path: str | None) -> None:
         """Record a running job's success and its result (inline, or a path to its file)."""
@@ -367,5 +376,6 @@ __all__ = [
     "JobError",
     "JobNotFound",
     "JobStore",
+    "Start",
     "StartDecision",
 ]

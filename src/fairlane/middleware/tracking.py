@@ -21,8 +21,10 @@ from fairlane.ledger.jobs import JobError, JobStore, StartDecision
 
 logger = logging.getLogger("fairlane.worker")
 
-#: Key under which the attempt number is put in a message's in-memory options.
+#: Keys of a message's in-memory options: the attempt number, and when the job became
+#: runnable (epoch seconds; start minus this is the job's queue wait).
 ATTEMPT_OPTION = "attempt"
+RUNNABLE_SINCE_OPTION = "runnable_since"
 
 
 def default_worker_id() -> str:
@@ -38,16 +40,18 @@ class Tracking(Middleware):
         self.worker_id = default_worker_id()
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
-        decision, attempt = self.jobs.start(message.message_id, self.worker_id)
-        if decision is StartDecision.UNKNOWN:
+        start = self.jobs.start(message.message_id, self.worker_id)
+        if start.decision is StartDecision.UNKNOWN:
             reason = f"no ledger row for job {message.message_id}"
             logger.error("event=message_dead_lettered job=%s reason=%r", message.message_id, reason)
             broker.dead_letter_raw(message.queue_name, message.encode(), reason)  # type: ignore[attr-defined]
             raise SkipMessage(reason)
-        if decision is StartDecision.SKIP:
+        if start.decision is StartDecision.SKIP:
             logger.info("event=job_skipped job=%s reason='cancelled or already finished'", message.message_id)
             raise SkipMessage("cancelled or already finished")
-        message.options[ATTEMPT_OPTION] = attempt
+        message.options[ATTEMPT_OPTION] = start.attempt
+        if start.runnable_since is not None:
+            message.options[RUNNABLE_SINCE_OPTION] = start.runnable_since.timestamp()
         broker.admit(broker.actor_queue_of(message.queue_name))  # type: ignore[attr-defined]
 
     def before_nack(self, broker: Broker, message: MessageProxy) -> None:
