@@ -1,7 +1,7 @@
 """The plain-Dramatiq side of ``latency_throughput.py``: one no-op actor on queue ``BENCH_DRAMATIQ_QUEUE``.
 
 ``broker`` is a stock ``RabbitmqBroker`` (default middleware) on ``BENCH_BROKER_URL``; the
-Dramatiq CLI finds it as ``python -m dramatiq _dramatiq_actors``.
+Dramatiq CLI is pointed at it: ``python -m dramatiq _dramatiq_actors:broker``.
 """
 
 from __future__ import annotations

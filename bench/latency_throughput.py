@@ -8,7 +8,7 @@ Both systems run in the same run, on the same machine, against the same RabbitMQ
   ledger in a fresh PostgreSQL database ``fairlane_bench_<random>`` (created here, dropped at
   the end) or, with ``--ledger sqlite``, a temporary SQLite file. Sends go through
   ``FairlaneBroker.enqueue`` (ledger insert, admission, confirmed publish), as in production.
-* **Dramatiq**: ``python -m dramatiq _dramatiq_actors --processes P --threads 8``, a stock
+* **Dramatiq**: ``python -m dramatiq _dramatiq_actors:broker --processes P --threads 8``, a stock
   ``RabbitmqBroker`` with Dramatiq's default middleware.
 
 Each system has its own queue named after this run (``flbench_<id>`` / ``dqbench_<id>``);
@@ -30,12 +30,17 @@ Method:
    systems. Latency = actor start - ``sent``. p50 and p99 (nearest rank).
 3. Throughput (1 x 8, then 2 x 8): with idle, warmed workers, one sender thread sends N
    no-op jobs as fast as it can; throughput = N / (last actor end - first ``sent``). The
-   median of ``--reps`` repetitions per system, alternating systems.
+   median of ``--reps`` (3) repetitions per system, alternating systems. A repetition after
+   the first is skipped when it would push the run past ``--budget`` seconds (330) while
+   leaving room for the later sizes; the table says how many runs each median is of.
 
-"Where time goes" rows (medians): how long the sender's ``send()`` call takes; the
-throughput of the send loop alone; CPU time per job of the worker processes, of the sending
-thread, of the ledger's PostgreSQL backends and of RabbitMQ (``beam.smp``; machine-wide, so
-it includes anyone else's traffic), read from ``/proc`` before and after each repetition.
+"Where time goes" rows (medians): how long the sender's ``send()`` call takes (and, for
+fairlane, its ledger accept / admission / confirmed-publish steps, timed by wrapping those
+methods on the sender's app); how fast the send loop went during the throughput runs
+(equal to the throughput when the sender is the bottleneck); CPU time per job of the worker
+processes, of the sending thread, of the ledger's PostgreSQL backends and of RabbitMQ
+(``beam.smp``; machine-wide, so it includes anyone else's traffic), read from ``/proc``
+before and after each repetition. With C cores, C / (total CPU per job) bounds throughput.
 The last job's post-processing (ack, ledger ``finished``) is not inside the timed window;
 with N jobs that is one job's worth of work.
 """
@@ -77,7 +82,7 @@ LABEL = {"dramatiq": "Dramatiq", "fairlane": "fairlane"}
 FAIRLANE_LANES = ("urgent", "high", "normal", "low")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-console = Console()
+console = Console(width=max(Console().width, 104))
 
 
 # -- the side channel -------------------------------------------------------------------------------
@@ -201,7 +206,10 @@ def ledger_for(kind: str, run_id: str, workdir: Path) -> Iterator[Ledger]:
         return
     database = f"fairlane_bench_{run_id}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
-        version = connection.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        version = " ".join(
+            f"{name}={connection.execute(f'SHOW {name}').fetchone()[0]}"  # type: ignore[index]
+            for name in ("server_version", "synchronous_commit", "fsync")
+        )
         connection.execute(f'CREATE DATABASE "{database}"')
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
     try:
@@ -270,12 +278,24 @@ class WorkerProcess:
                 self.popen.wait()
 
 
+def problems_in(worker: WorkerProcess) -> list[str]:
+    """Lines of a worker's log that report errors or warnings (shutdown chatter excluded)."""
+    lines = worker.log.read_text(errors="replace").splitlines()
+    wanted = ("ERROR", "WARNING", "Traceback", "level=error", "level=warning")
+    ignored = ("Killing worker process", "Stopping worker process")
+    return [
+        f"{worker.system} {worker.processes}x{THREADS}: {line[:300]}"
+        for line in lines
+        if any(word in line for word in wanted) and not any(word in line for word in ignored)
+    ]
+
+
 def start_worker(system: str, processes: int, env: dict[str, str], workdir: Path) -> WorkerProcess:
     if system == "fairlane":
         command = [sys.executable, "-m", "fairlane.cli", "worker", "--processes", str(processes)]
         command += ["--threads", str(THREADS), "--shutdown-timeout", "20", "_fairlane_actors"]
     else:
-        command = [sys.executable, "-m", "dramatiq", "_dramatiq_actors", "--processes", str(processes)]
+        command = [sys.executable, "-m", "dramatiq", "_dramatiq_actors:broker", "--processes", str(processes)]
         command += ["--threads", str(THREADS), "--path", str(BENCH_DIR), "--worker-shutdown-timeout", "20000"]
     log = workdir / f"worker-{system}-{processes}.log"
     with log.open("wb") as output:
@@ -306,8 +326,42 @@ def warm_up(send: Send, reports: Reports, worker: WorkerProcess, tag: str, timeo
         if len({record.pid for record in records}) >= worker.processes and sent >= 200:
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{worker.system} workers did not all start within {timeout:.0f}s")
+            tail = worker.log.read_text(errors="replace")[-3000:]
+            raise TimeoutError(f"{worker.system} workers did not all start within {timeout:.0f}s:\n{tail}")
         time.sleep(0.2)
+
+
+class PhaseTimer:
+    """Times named steps of the sender's ``send()`` by wrapping methods of live objects.
+
+    Used on the fairlane side only (ledger accept, admission, confirmed publish); nothing
+    in ``src/`` changes, and the wrappers cost well under a microsecond per call.
+    """
+
+    def __init__(self) -> None:
+        self.recording = False
+        self.durations: dict[str, list[float]] = defaultdict(list)
+
+    def wrap(self, owner: Any, method: str, phase: str) -> None:
+        original = getattr(owner, method)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if not self.recording:
+                return original(*args, **kwargs)
+            began = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.durations[phase].append(time.perf_counter() - began)
+
+        setattr(owner, method, timed)
+
+
+FAIRLANE_PHASES = {
+    "accept": "ledger accept (INSERT txn)",
+    "admit": "admission (budget lock, UPDATE txn)",
+    "publish": "publish + RabbitMQ confirm",
+}
 
 
 @dataclasses.dataclass
@@ -315,22 +369,28 @@ class LatencyResult:
     latencies: list[float] = dataclasses.field(default_factory=list)
     send_calls: list[float] = dataclasses.field(default_factory=list)
     pickups: list[float] = dataclasses.field(default_factory=list)
+    phases: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
 
-def measure_latency(senders: dict[str, Send], reports: Reports, samples: int) -> dict[str, LatencyResult]:
+def measure_latency(
+    senders: dict[str, Send], reports: Reports, samples: int, timer: PhaseTimer
+) -> dict[str, LatencyResult]:
     results = {system: LatencyResult() for system in SYSTEMS}
     for index in range(samples):
         order = SYSTEMS if index % 2 == 0 else SYSTEMS[::-1]
         for system in order:
             tag = f"lat-{system}"
+            timer.recording = system == "fairlane"
             before = time.time()
             senders[system](tag, before)
             after = time.time()
+            timer.recording = False
             record = reports.wait(tag, index + 1, timeout=30)[index]
             results[system].latencies.append(record.start - record.sent)
             results[system].send_calls.append(after - before)
             results[system].pickups.append(record.start - after)
             time.sleep(0.010)
+    results["fairlane"].phases = dict(timer.durations)
     return results
 
 
@@ -342,6 +402,11 @@ class ThroughputRun:
     sender_cpu: float
     ledger_cpu: float
     rabbitmq_cpu: float
+
+    @property
+    def total_cpu(self) -> float:
+        """CPU per job of workers, sender, ledger and RabbitMQ together."""
+        return self.worker_cpu + self.sender_cpu + self.ledger_cpu + self.rabbitmq_cpu
 
 
 def measure_throughput(
@@ -418,14 +483,21 @@ def build_table(
         def median_of(field: str, processes: int = processes) -> Callable[[str], float]:
             return lambda s: statistics.median(getattr(run, field) for run in throughput[(s, processes)])
 
+        counts = {len(throughput[(system, processes)]) for system in SYSTEMS}
+        reps = "/".join(str(len(throughput[(system, processes)])) for system in SYSTEMS)
         row(
-            f"no-op throughput {processes}x{THREADS}, jobs/s (median of {args.reps})",
+            f"no-op throughput {processes}x{THREADS}, jobs/s, "
+            f"median of {counts.pop() if len(counts) == 1 else reps} runs",
             median_of("jobs_per_s"),
             _rate,
         )
     table.add_section()
     table.add_row("[dim]where time goes (medians)[/]", "", "", "")
     row("idle: send() call, ms", lambda s: statistics.median(latency[s].send_calls), _ms)
+    for phase, label in FAIRLANE_PHASES.items():
+        durations = latency["fairlane"].phases.get(phase)
+        if durations:
+            table.add_row(f"  fairlane send(): {label}, ms", "", _ms(statistics.median(durations)), "")
     row("idle: send() return → actor start, ms", lambda s: statistics.median(latency[s].pickups), _ms)
     for processes in args.process_counts:
 
@@ -433,12 +505,13 @@ def build_table(
             return lambda s: statistics.median(getattr(run, field) for run in throughput[(s, processes)])
 
         name = f"{processes}x{THREADS}"
-        row(f"{name}: send loop alone, jobs/s", median_of("send_jobs_per_s"), _rate)
+        row(f"{name}: sender send() rate during the run, jobs/s", median_of("send_jobs_per_s"), _rate)
         row(f"{name}: worker CPU per job, ms", median_of("worker_cpu"), _ms)
         row(f"{name}: sender CPU per job, ms", median_of("sender_cpu"), _ms)
         if args.ledger == "postgresql":
             row(f"{name}: PostgreSQL backends CPU per job, ms", median_of("ledger_cpu"), _ms)
         row(f"{name}: RabbitMQ CPU per job, ms (machine-wide)", median_of("rabbitmq_cpu"), _ms)
+        row(f"{name}: all of the above, CPU ms per job", median_of("total_cpu"), _ms)
     return table
 
 
@@ -459,7 +532,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--jobs", type=int, default=5000, help="no-op jobs per throughput repetition")
     parser.add_argument("--ledger", choices=("postgresql", "sqlite"), default="postgresql")
-    parser.add_argument("--reps", type=int, default=3, help="throughput repetitions per system and size")
+    parser.add_argument(
+        "--reps", type=int, default=3, help="throughput repetitions per system and size (max)"
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=330.0,
+        help="seconds the whole run may take; repetitions beyond the first are skipped when the "
+        "projected time would exceed it (the table says how many ran)",
+    )
     parser.add_argument("--samples", type=int, default=200, help="idle latency samples per system")
     parser.add_argument(
         "--processes", type=int, nargs="+", default=[1, 2], dest="process_counts", help="worker sizes"
@@ -505,6 +587,10 @@ def main(argv: list[str] | None = None) -> int:
         import fairlane
 
         app = fairlane.get_app()  # builds and migrates the ledger before any worker starts
+        timer = PhaseTimer()
+        timer.wrap(app.admission, "accept", "accept")
+        timer.wrap(app.admission, "admit", "admit")
+        timer.wrap(app.broker, "publish", "publish")
         cleanup.callback(app.close)
         cleanup.callback(_dramatiq_actors.broker.close)
         senders: dict[str, Send] = {
@@ -529,6 +615,8 @@ def main(argv: list[str] | None = None) -> int:
 
         latency: dict[str, LatencyResult] = {}
         throughput: dict[tuple[str, int], list[ThroughputRun]] = defaultdict(list)
+        durations: dict[tuple[str, int], list[float]] = defaultdict(list)
+        worker_problems: list[str] = []
         for processes in args.process_counts:
             pair = {system: start_worker(system, processes, child_env, workdir) for system in SYSTEMS}
             for worker in pair.values():
@@ -537,12 +625,25 @@ def main(argv: list[str] | None = None) -> int:
                 warm_up(senders[system], reports, pair[system], f"warm-{system}-{processes}")
             _progress(started, f"workers {processes}x{THREADS} ready")
             if processes == 1:
-                latency = measure_latency(senders, reports, args.samples)
+                latency = measure_latency(senders, reports, args.samples, timer)
                 _progress(started, "idle latency done")
+            later_sizes = args.process_counts[args.process_counts.index(processes) + 1 :]
             for rep in range(args.reps):
                 order = SYSTEMS if rep % 2 == 0 else SYSTEMS[::-1]
                 for system in order:
+                    if rep > 0:
+                        # One more run of this system must leave room for one run of each system
+                        # at every later size (plus ~20 s to start and warm their workers).
+                        estimate = {s: max(durations[(s, processes)]) for s in SYSTEMS}
+                        reserve = len(later_sizes) * (sum(estimate.values()) + 20)
+                        if time.monotonic() - started + estimate[system] + reserve > args.budget:
+                            _progress(
+                                started,
+                                f"{processes}x{THREADS} {LABEL[system]}: budget spent, no rep {rep + 1}",
+                            )
+                            continue
                     time.sleep(1.0)  # let the previous run's last acks and ledger writes settle
+                    run_started = time.monotonic()
                     run = measure_throughput(
                         senders[system],
                         reports,
@@ -552,13 +653,16 @@ def main(argv: list[str] | None = None) -> int:
                         args.jobs,
                     )
                     throughput[(system, processes)].append(run)
+                    durations[(system, processes)].append(time.monotonic() - run_started)
+                    size = f"{processes}x{THREADS}"
                     _progress(
                         started,
-                        f"{processes}x{THREADS} rep {rep + 1} {LABEL[system]:8} {run.jobs_per_s:7,.0f} jobs/s "
+                        f"{size} rep {rep + 1} {LABEL[system]:8} {run.jobs_per_s:7,.0f} jobs/s "
                         f"(send loop {run.send_jobs_per_s:,.0f} jobs/s)",
                     )
             for worker in pair.values():
                 worker.stop()
+                worker_problems.extend(problems_in(worker))
 
         console.print(build_table(latency, throughput, args))
         for processes in args.process_counts:
@@ -567,6 +671,8 @@ def main(argv: list[str] | None = None) -> int:
                 for s in SYSTEMS
             )
             console.print(f"[dim]{processes}x{THREADS} runs, jobs/s: {runs}[/]")
+        for line in worker_problems[:20]:
+            console.print(f"[yellow]worker log: {line}[/]", markup=False, highlight=False)
     console.print(f"[dim]total {time.monotonic() - started:.0f}s, cleaned up[/]")
     return 0
 

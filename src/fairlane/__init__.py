@@ -11,7 +11,7 @@ fairlane.jobs.wait(msg.message_id, timeout=30)
 
 from __future__ import annotations
 
-from fairlane import jobs
+from fairlane import jobs, ratelimit, tenants
 from fairlane.actor import Actor, actor
 from fairlane.app import App, configure, get_app
 from fairlane.broker import FairlaneBroker
@@ -50,4 +50,6 @@ __all__ = [
     "jobs",
     "load_settings",
     "progress",
+    "ratelimit",
+    "tenants",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any, TypeVar, overload
 
@@ -47,6 +47,26 @@ class Actor(dramatiq.Actor[Any, R]):
         if cost is not None:
             options["cost"] = cost
         return super().send_with_options(args=args, kwargs=kwargs, delay=delay, **options)
+
+    def send_many(
+        self,
+        arguments: Iterable[tuple[Any, ...]],
+        *,
+        tenant: str | None = None,
+        priority: str | None = None,
+        cost: float | None = None,
+        **options: Any,
+    ) -> list[Message[R]]:
+        """Submit one job per tuple of positional arguments, in one ledger transaction per 1,000.
+
+        Much faster than a loop of sends for a tenant's bulk work; fair order is the same.
+        All or nothing: an invalid job raises :class:`fairlane.InvalidJob` and none is stored.
+        """
+        for name, value in (("tenant", tenant), ("priority", priority), ("cost", cost)):
+            if value is not None:
+                options[name] = value
+        messages = [self.message_with_options(args=tuple(args), **options) for args in arguments]
+        return self.broker.enqueue_many(messages)  # type: ignore[attr-defined]
 
 
 @overload

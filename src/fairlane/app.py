@@ -17,9 +17,12 @@ from fairlane.broker import FairlaneBroker
 from fairlane.ledger.admission import Admission
 from fairlane.ledger.database import create_ledger_engine, migrate
 from fairlane.ledger.jobs import JobStore
+from fairlane.ledger.ratelimits import RateLimits
 from fairlane.middleware.admission import AdmissionSweeper
 from fairlane.middleware.cancellation import Cancellation
 from fairlane.middleware.context import JobContext
+from fairlane.middleware.metrics import Metrics
+from fairlane.middleware.ratelimit import RateLimitPauses
 from fairlane.middleware.results import Results
 from fairlane.middleware.retries import Retries
 from fairlane.middleware.tracking import Tracking
@@ -34,6 +37,7 @@ class App:
     engine: sa.Engine
     jobs: JobStore
     admission: Admission
+    rate_limits: RateLimits
     broker: FairlaneBroker
 
     def close(self) -> None:
@@ -47,9 +51,12 @@ def build_app(settings: Settings) -> App:
     engine = create_ledger_engine(settings)
     migrate(engine, settings)
     jobs = JobStore(engine)
-    admission = Admission(engine)
+    rate_limits = RateLimits(engine, settings.rate_limits)
+    admission = Admission(engine, settings, rate_limits)
     middleware = [
+        RateLimitPauses(jobs, rate_limits),
         Tracking(jobs),
+        Metrics(),
         JobContext(jobs),
         Cancellation(jobs, settings.cancel_poll_interval),
         TimeLimit(time_limit=settings.time_limit),
@@ -61,7 +68,14 @@ def build_app(settings: Settings) -> App:
     ]
     broker = FairlaneBroker(settings, admission, middleware)
     dramatiq.set_broker(broker)
-    return App(settings=settings, engine=engine, jobs=jobs, admission=admission, broker=broker)
+    return App(
+        settings=settings,
+        engine=engine,
+        jobs=jobs,
+        admission=admission,
+        rate_limits=rate_limits,
+        broker=broker,
+    )
 
 
 _app: App | None = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -28,7 +28,7 @@ from dramatiq.middleware import Middleware
 from fairlane.errors import InvalidJob
 from fairlane.ledger.admission import Admission, NewJob
 from fairlane.ledger.database import utcnow
-from fairlane.observability.catalog import JOBS_ENQUEUED
+from fairlane.observability.catalog import JOBS_DEFERRED, JOBS_ENQUEUED
 from fairlane.settings import Settings
 from fairlane.validation import check_idempotency_key, check_tenant
 
@@ -53,6 +53,8 @@ class FairlaneBroker(RabbitmqBroker):
         self.admission = admission
         self.lane_ranks = {lane: rank for rank, lane in enumerate(settings.lanes)}
         self.actor_queues: set[str] = set()
+        #: Per queue, when a job held back by a rate limit may next be affordable (epoch seconds).
+        self.next_admission_at: dict[str, float] = {}
 
     @property
     def consumer_class(self) -> type[_RabbitmqConsumer]:
@@ -153,9 +155,36 @@ class FairlaneBroker(RabbitmqBroker):
             self.admit(job.queue)
         return stored if job_id == stored.message_id else stored.copy(message_id=job_id)
 
+    def enqueue_many(self, messages: Sequence[Message[Any]]) -> list[Message[Any]]:
+        """Validate and accept many messages in one ledger transaction, then admit their queues.
+
+        All or nothing: if any message is invalid, :class:`InvalidJob` names it and none is stored.
+        Idempotency keys and delays are not supported here; use :meth:`enqueue` for those.
+        """
+        prepared = []
+        for index, message in enumerate(messages):
+            if message.options.get("idempotency_key") is not None:
+                raise InvalidJob(f"message {index}: idempotency keys need enqueue(), not enqueue_many()")
+            try:
+                prepared.append(self._prepare(message, None))
+            except InvalidJob as error:
+                raise InvalidJob(f"message {index}: {error}") from None
+        for start in range(0, len(prepared), 1000):
+            self.admission.accept_many([job for job, _ in prepared[start : start + 1000]])
+        for job, _ in prepared:
+            JOBS_ENQUEUED.labels(queue=job.queue, actor=job.actor, lane=job.lane).inc()
+        for queue in sorted({job.queue for job, _ in prepared}):
+            self.admit(queue)
+        return [stored for _, stored in prepared]
+
     def admit(self, queue: str) -> int:
         """Publish as many backlog jobs of ``queue`` as its dispatch budget allows; returns how many."""
-        admitted = self.admission.admit(queue, self.settings.dispatch_budget)
+        round_ = self.admission.admit(queue, self.settings.dispatch_budget)
+        if round_.retry_at is not None:
+            self.next_admission_at[queue] = round_.retry_at
+        for reason, count in round_.deferred.items():
+            JOBS_DEFERRED.labels(queue=queue, actor="", lane="", reason=reason).inc(count)
+        admitted = round_.jobs
         for index, job in enumerate(admitted):
             try:
                 self.publish(Message.decode(job.message.encode()))
@@ -208,7 +237,10 @@ class FairlaneBroker(RabbitmqBroker):
         if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int) or delay < 0):
             raise InvalidJob(f"delay must be a non-negative number of milliseconds, not {delay!r}")
         _check_signature(actor.fn, message)
+        rate_key, rate_tokens = self._rate_limit_of(actor, message)
         options.update(tenant=tenant, priority=lane, cost=cost)
+        if rate_key is not None:
+            options.update(rate_limit=rate_key, tokens=rate_tokens)
         if key is None:
             options.pop("idempotency_key", None)
         else:
@@ -237,8 +269,31 @@ class FairlaneBroker(RabbitmqBroker):
             message=encoded.decode(),
             idempotency_key=key,
             run_at=run_at,
+            rate_key=rate_key,
+            rate_tokens=rate_tokens,
         )
         return job, stored
+
+    def _rate_limit_of(self, actor: Any, message: Message[Any]) -> tuple[str | None, float | None]:
+        """The actor's rate-limit key and this job's estimated tokens, checked against the budget."""
+        key = actor.options.get("rate_limit")
+        if key is None:
+            return None, None
+        if key not in self.settings.rate_limits:
+            raise InvalidJob(
+                f"actor {actor.actor_name} names rate limit {key!r}, which FAIRLANE_RATE_LIMITS lacks"
+            )
+        estimate = actor.options.get("tokens", 0)
+        if callable(estimate):
+            estimate = estimate(*message.args, **message.kwargs)
+        if isinstance(estimate, bool) or not isinstance(estimate, int | float) or estimate < 0:
+            raise InvalidJob(f"estimated tokens must be a non-negative number, not {estimate!r}")
+        ceiling = self.admission.rate_limits.budget(key).max_job_tokens
+        if estimate > ceiling:
+            raise InvalidJob(
+                f"estimated {estimate} tokens exceed the {ceiling:.0f} one job may use under {key!r}"
+            )
+        return key, float(estimate)
 
 
 def _replace_options(message: Message[Any], options: dict[str, Any]) -> Message[Any]:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "FAIRLANE_"
+_DEFAULT_LANE_SHARES = {"high": 0.10, "normal": 0.10, "low": 0.05}
 
 
 class SettingsError(ValueError):
@@ -87,12 +88,15 @@ class Settings(BaseSettings):
     """How long RabbitMQ keeps a dead letter (``x-message-ttl`` of the dead-letter queue)."""
 
     # -- fairness -------------------------------------------------------------------------------------
+    fairness: bool = True
+    """Weighted fair (stride) order, caps and lane shares. Off: first-come order within a lane."""
     tenant_cap: int | None = Field(default=None, ge=1)
     """Default cap on one tenant's dispatched + running jobs per queue (None: no cap)."""
     queue_tenant_caps: dict[str, int] = {}
     """Per-queue default tenant caps, e.g. ``{"exports": 4}`` (a tenant's own cap wins)."""
-    lane_min_shares: dict[str, float] = {"high": 0.10, "normal": 0.10, "low": 0.05}
-    """Share of admissions each lane is guaranteed while it has backlog, so no lane starves."""
+    lane_min_shares: dict[str, float] | None = None
+    """Share of admissions each lane is guaranteed while it has backlog, so no lane starves
+    (default: high 10%, normal 10%, low 5% of the lanes that exist; urgent needs none)."""
     rate_limits: dict[str, RateLimit] = {}
     """Shared rate limits by key (JSON in ``FAIRLANE_RATE_LIMITS``), e.g.
     ``{"openai": {"requests_per_minute": 450, "tokens_per_minute": 450000}}``."""
@@ -152,15 +156,22 @@ class Settings(BaseSettings):
             raise ValueError(f"default_lane: {self.default_lane!r} is not one of lanes {list(self.lanes)}")
         if self.min_backoff > self.max_backoff:
             raise ValueError("min_backoff: must not exceed max_backoff")
-        unknown = set(self.lane_min_shares) - set(self.lanes)
+        unknown = set(self.lane_min_shares or {}) - set(self.lanes)
         if unknown:
             raise ValueError(f"lane_min_shares: unknown lanes {sorted(unknown)}")
-        shares = self.lane_min_shares.values()
+        shares = self.min_shares.values()
         if any(not 0 <= share <= 1 for share in shares) or sum(shares) > 1:
             raise ValueError("lane_min_shares: each share must be in [0, 1] and together at most 1")
         if any(cap < 1 for cap in self.queue_tenant_caps.values()):
             raise ValueError("queue_tenant_caps: caps must be at least 1")
         return self
+
+    @property
+    def min_shares(self) -> dict[str, float]:
+        """The guaranteed share of every lane (0 for lanes given none)."""
+        if self.lane_min_shares is not None:
+            return {lane: self.lane_min_shares.get(lane, 0.0) for lane in self.lanes}
+        return {lane: _DEFAULT_LANE_SHARES.get(lane, 0.0) for lane in self.lanes}
 
     @property
     def sqlalchemy_url(self) -> str:

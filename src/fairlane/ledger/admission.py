@@ -1,31 +1,49 @@
 """Admission: accepting jobs into the ledger backlog and admitting them to RabbitMQ in fair order.
 
 A job is accepted with a stride tag ``pass = max(tenant_last_pass + cost / weight,
-lane_virtual_time)``. A queue's backlog is admitted in ``(lane rank, pass, id)`` order, and
-only while the queue's dispatch budget (jobs published but not yet started) has room, so
-RabbitMQ queues stay short and a tenant's flood waits here, not in front of other tenants.
+lane_virtual_time)``. A queue's backlog is admitted only while the queue's dispatch budget
+(jobs published but not yet started) has room, so RabbitMQ queues stay short and a tenant's
+flood waits here, not in front of other tenants. Each free slot goes to:
+
+1. a lane that is *owed* its minimum share (every backlogged lane earns its share of each
+   slot as credit and pays 1 when served; a lane holding >= 1 credit is owed), else
+2. the highest-priority lane with backlog;
+
+and within the lane to the job with the lowest ``(pass, id)`` whose tenant is under its
+concurrency cap and whose rate-limit key can afford it. Jobs passed over stay pending: no
+worker slot, no retry spent.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from fairlane.ledger.database import utcnow
+from fairlane.ledger.ratelimits import RateLimits
 from fairlane.ledger.schema import (
     BACKLOG_STATES,
     DEAD,
     DISPATCHED,
     PENDING,
+    RUNNING,
     jobs,
     lanes,
     queues,
     tenant_passes,
+    tenants,
 )
+from fairlane.settings import Settings
+
+#: Seconds a process trusts its cached tenant weights and caps.
+TENANT_CACHE_SECONDS = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +60,8 @@ class NewJob:
     message: str
     idempotency_key: str | None
     run_at: datetime
+    rate_key: str | None = None
+    rate_tokens: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,16 +73,49 @@ class AdmittedJob:
     message: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Admitted:
+    """The outcome of one admission round."""
+
+    jobs: list[AdmittedJob]
+    #: Epoch seconds at which a job held back by a rate limit may be affordable.
+    retry_at: float | None = None
+    #: How many candidates were held back, by reason (``concurrency``, ``ratelimit``).
+    deferred: Counter[str] = dataclasses.field(default_factory=Counter)
+
+
 def _greatest(left: sa.ColumnElement[float], right: sa.ColumnElement[float]) -> sa.ColumnElement[float]:
     return sa.case((left > right, left), else_=right)
+
+
+@dataclasses.dataclass
+class _Round:
+    """Mutable state of one admission round."""
+
+    room: int
+    caps: dict[str, int | None]
+    live: Counter[str]
+    blocked_keys: dict[str, float]
+    deferred: Counter[str] = dataclasses.field(default_factory=Counter)
+
+    def tenant_full(self, tenant: str) -> bool:
+        cap = self.caps.get(tenant)
+        return cap is not None and self.live[tenant] >= cap
 
 
 class Admission:
     """The ledger side of admission for one database."""
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, settings: Settings, rate_limits: RateLimits) -> None:
         self.engine = engine
+        self.settings = settings
+        self.rate_limits = rate_limits
+        self.lane_names = settings.lanes
+        self.shares = [settings.min_shares[lane] for lane in settings.lanes]
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._tenant_cache: tuple[float, dict[str, tuple[float, int | None]]] = (0.0, {})
+
+    # -- accepting -----------------------------------------------------------------------------------
 
     def accept(self, job: NewJob) -> tuple[str, bool]:
         """Insert a pending job with its stride tag.
@@ -70,32 +123,14 @@ class Admission:
         Returns ``(job_id, created)``. When the tenant already has a job with the same
         idempotency key, nothing is inserted and that job's id is returned.
         """
-        now = utcnow()
         with self.engine.begin() as connection:
             if job.idempotency_key is not None:
                 existing = self._job_with_key(connection, job.tenant, job.idempotency_key)
                 if existing is not None:
                     return existing, False
-            stride_pass = self._next_pass(connection, job)
+            passes = self._next_passes(connection, job.queue, job.lane, job.tenant, [job.cost])
             inserted = connection.execute(
-                self._insert(jobs)
-                .values(
-                    id=job.id,
-                    actor=job.actor,
-                    queue=job.queue,
-                    tenant=job.tenant,
-                    lane=job.lane,
-                    lane_rank=job.lane_rank,
-                    state=PENDING,
-                    stride_pass=stride_pass,
-                    cost=job.cost,
-                    message=job.message,
-                    idempotency_key=job.idempotency_key,
-                    enqueued_at=now,
-                    next_run_at=max(job.run_at, now),
-                    updated_at=now,
-                )
-                .on_conflict_do_nothing()
+                self._insert(jobs).values(**self._row(job, passes[0])).on_conflict_do_nothing()
             )
             if inserted.rowcount == 0:
                 # A concurrent send with the same key (or a resent message id) won the race.
@@ -103,39 +138,177 @@ class Admission:
                 return existing, False
         return job.id, True
 
-    def admit(self, queue: str, budget: int) -> list[AdmittedJob]:
-        """Move the best backlog jobs of ``queue`` to ``dispatched`` while its budget has room."""
+    def accept_many(self, batch: Sequence[NewJob]) -> None:
+        """Insert many pending jobs (no idempotency keys) in one transaction, in fair order."""
+        groups: dict[tuple[str, str, str], list[NewJob]] = {}
+        for job in batch:
+            groups.setdefault((job.queue, job.lane, job.tenant), []).append(job)
+        with self.engine.begin() as connection:
+            rows = []
+            for (queue, lane, tenant), members in groups.items():
+                passes = self._next_passes(connection, queue, lane, tenant, [job.cost for job in members])
+                rows += [
+                    self._row(job, stride_pass) for job, stride_pass in zip(members, passes, strict=True)
+                ]
+            connection.execute(jobs.insert(), rows)
+
+    def _row(self, job: NewJob, stride_pass: float) -> dict[str, Any]:
+        now = utcnow()
+        return {
+            "id": job.id,
+            "actor": job.actor,
+            "queue": job.queue,
+            "tenant": job.tenant,
+            "lane": job.lane,
+            "lane_rank": job.lane_rank,
+            "state": PENDING,
+            "stride_pass": stride_pass,
+            "cost": job.cost,
+            "message": job.message,
+            "idempotency_key": job.idempotency_key,
+            "rate_key": job.rate_key,
+            "rate_tokens": job.rate_tokens,
+            "enqueued_at": now,
+            "next_run_at": max(job.run_at, now),
+            "updated_at": now,
+        }
+
+    # -- admitting -----------------------------------------------------------------------------------
+
+    def admit(self, queue: str, budget: int) -> Admitted:
+        """Move the best admissible backlog jobs of ``queue`` to ``dispatched`` while its budget has room."""
         now = utcnow()
         with self.engine.begin() as connection:
             in_flight = self._lock_queue(connection, queue)
-            room = budget - in_flight
-            if room <= 0:
-                return []
-            rows = connection.execute(
-                sa.select(jobs.c.id, jobs.c.lane, jobs.c.stride_pass, jobs.c.message)
+            if in_flight >= budget:
+                return Admitted([])
+            state = _Round(
+                room=budget - in_flight,
+                caps={},
+                live=Counter(),
+                blocked_keys={},
+            )
+            capped = self.settings.fairness and self._caps_apply(connection, queue)
+            if capped:
+                state.live = self._live_per_tenant(connection, queue)
+                state.caps = self._caps(queue, state.live)
+            candidates = self._candidates(connection, queue, now, state, capped)
+            stored_credits = self._credits(connection, queue)
+            credits = list(stored_credits)
+            chosen = self._choose(connection, candidates, credits, state, capped)
+            if chosen:
+                self._dispatch(connection, queue, chosen, now)
+                self._save_credits(connection, queue, stored_credits, credits)
+        retry_at = min(state.blocked_keys.values()) if state.blocked_keys else None
+        return Admitted(
+            [AdmittedJob(row.id, row.lane, row.message) for row in chosen], retry_at, state.deferred
+        )
+
+    def _candidates(
+        self, connection: sa.Connection, queue: str, now: datetime, state: _Round, capped: bool
+    ) -> list[list[Any]]:
+        """Per lane, the first ``room`` due backlog jobs in stride order (locked, skipping locked ones)."""
+        excluded = [tenant for tenant in state.live if capped and state.tenant_full(tenant)]
+        per_lane: list[list[Any]] = []
+        for rank in range(len(self.lane_names)):
+            query = (
+                sa.select(
+                    jobs.c.id,
+                    jobs.c.lane,
+                    jobs.c.tenant,
+                    jobs.c.stride_pass,
+                    jobs.c.message,
+                    jobs.c.rate_key,
+                    jobs.c.rate_tokens,
+                    jobs.c.actor,
+                )
                 .where(
                     jobs.c.queue == queue,
+                    jobs.c.lane_rank == rank,
                     jobs.c.state.in_(BACKLOG_STATES),
                     jobs.c.next_run_at <= now,
                 )
-                .order_by(jobs.c.lane_rank, jobs.c.stride_pass, jobs.c.id)
-                .limit(room)
+                .order_by(jobs.c.stride_pass, jobs.c.id)
+                .limit(state.room * 2 if capped or self.rate_limits.budgets else state.room)
                 .with_for_update(skip_locked=True)
-            ).all()
-            if not rows:
-                return []
-            connection.execute(
-                jobs.update()
-                .where(jobs.c.id.in_([row.id for row in rows]))
-                .values(state=DISPATCHED, dispatched_at=now, updated_at=now)
             )
-            connection.execute(
-                queues.update().where(queues.c.name == queue).values(in_flight=queues.c.in_flight + len(rows))
-            )
-            for lane in {row.lane for row in rows}:
-                newest = max(row.stride_pass for row in rows if row.lane == lane)
-                self._advance_virtual_time(connection, queue, lane, newest)
-        return [AdmittedJob(row.id, row.lane, row.message) for row in rows]
+            if excluded:
+                query = query.where(jobs.c.tenant.not_in(excluded))
+            per_lane.append(list(connection.execute(query)))
+        if capped:
+            state.caps.update(self._caps(queue, {row.tenant for rows in per_lane for row in rows}))
+        return per_lane
+
+    def _choose(
+        self,
+        connection: sa.Connection,
+        per_lane: list[list[Any]],
+        credits: list[float],
+        state: _Round,
+        capped: bool,
+    ) -> list[Any]:
+        chosen: list[Any] = []
+        cursors = [0] * len(per_lane)
+        while len(chosen) < state.room:
+            backlogged = [rank for rank, rows in enumerate(per_lane) if cursors[rank] < len(rows)]
+            if not backlogged:
+                break
+            rank = self._pick_lane(backlogged, credits)
+            row = per_lane[rank][cursors[rank]]
+            cursors[rank] += 1
+            if capped and state.tenant_full(row.tenant):
+                state.deferred["concurrency"] += 1
+                continue
+            if row.rate_key is not None and not self._afford(connection, row, state):
+                state.deferred["ratelimit"] += 1
+                continue
+            for other in backlogged:
+                credits[other] += self.shares[other]
+            # A lane served beyond its share carries at most one slot of debt, so a lane that ran
+            # alone for an hour is owed its share again within 2/share slots once others compete.
+            credits[rank] = max(credits[rank] - 1.0, -1.0)
+            state.live[row.tenant] += 1
+            chosen.append(row)
+        for rank, rows in enumerate(per_lane):
+            if cursors[rank] >= len(rows):
+                credits[rank] = min(credits[rank], 0.0)  # no banking credit while a lane is idle
+        return chosen
+
+    def _pick_lane(self, backlogged: list[int], credits: list[float]) -> int:
+        if not self.settings.fairness:
+            return backlogged[0]
+        owed = [rank for rank in backlogged if credits[rank] >= 1.0]
+        if owed:
+            return max(owed, key=lambda rank: (credits[rank], -rank))
+        return backlogged[0]
+
+    def _afford(self, connection: sa.Connection, row: Any, state: _Round) -> bool:
+        if row.rate_key in state.blocked_keys:
+            return False
+        retry_at = self.rate_limits.try_spend(
+            connection, row.rate_key, float(row.rate_tokens or 0.0), time.time()
+        )
+        if retry_at is None:
+            return True
+        state.blocked_keys[row.rate_key] = retry_at
+        return False
+
+    def _dispatch(self, connection: sa.Connection, queue: str, chosen: list[Any], now: datetime) -> None:
+        connection.execute(
+            jobs.update()
+            .where(jobs.c.id.in_([row.id for row in chosen]))
+            .values(state=DISPATCHED, dispatched_at=now, updated_at=now)
+        )
+        connection.execute(
+            queues.update().where(queues.c.name == queue).values(in_flight=queues.c.in_flight + len(chosen))
+        )
+        if not self.settings.fairness:
+            return
+        for lane in {row.lane for row in chosen}:
+            newest = max(row.stride_pass for row in chosen if row.lane == lane)
+            self._advance_virtual_time(connection, queue, lane, newest)
+
+    # -- re-driving ----------------------------------------------------------------------------------
 
     def unadmit(self, queue: str, job_ids: Sequence[str]) -> None:
         """Return dispatched jobs whose publish failed to the backlog, freeing their budget."""
@@ -163,14 +336,14 @@ class Admission:
             ).first()
             if row is None:
                 return None
-            probe = NewJob(job_id, "", row.queue, row.tenant, row.lane, 0, row.cost, "", None, now)
+            stride_pass = self._next_passes(connection, row.queue, row.lane, row.tenant, [row.cost])[0]
             connection.execute(
                 jobs.update()
                 .where(jobs.c.id == job_id)
                 .values(
                     state=PENDING,
                     attempts=0,
-                    stride_pass=self._next_pass(connection, probe),
+                    stride_pass=stride_pass,
                     cancel_requested=False,
                     next_run_at=now,
                     dispatched_at=None,
@@ -183,9 +356,51 @@ class Admission:
         return str(row.queue)
 
     def known_queues(self) -> list[str]:
-        """Every actor queue that has ever admitted or been sent a job."""
+        """Every actor queue that has ever been sent a job."""
         with self.engine.connect() as connection:
             return list(connection.scalars(sa.select(queues.c.name).order_by(queues.c.name)))
+
+    # -- tenants -------------------------------------------------------------------------------------
+
+    def tenant_settings(self, connection: sa.Connection | None = None) -> dict[str, tuple[float, int | None]]:
+        """``tenant -> (weight, cap)`` for tenants with settings, cached for a few seconds.
+
+        Pass the open connection when inside a transaction (SQLite allows one writer).
+        """
+        loaded_at, cached = self._tenant_cache
+        if time.monotonic() - loaded_at < TENANT_CACHE_SECONDS:
+            return cached
+        query = sa.select(tenants.c.tenant, tenants.c.weight, tenants.c.max_running)
+        if connection is None:
+            with self.engine.connect() as own:
+                rows = own.execute(query).all()
+        else:
+            rows = connection.execute(query).all()
+        fresh = {row.tenant: (float(row.weight), row.max_running) for row in rows}
+        self._tenant_cache = (time.monotonic(), fresh)
+        return fresh
+
+    def forget_tenant_cache(self) -> None:
+        """Make the next admission read tenant weights and caps afresh."""
+        self._tenant_cache = (0.0, {})
+
+    def _caps_apply(self, connection: sa.Connection, queue: str) -> bool:
+        if self.settings.tenant_cap is not None or queue in self.settings.queue_tenant_caps:
+            return True
+        return any(cap is not None for _, cap in self.tenant_settings(connection).values())
+
+    def _caps(self, queue: str, names: Iterable[str]) -> dict[str, int | None]:
+        default = self.settings.queue_tenant_caps.get(queue, self.settings.tenant_cap)
+        configured = self.tenant_settings()
+        return {name: configured.get(name, (1.0, None))[1] or default for name in names}
+
+    def _live_per_tenant(self, connection: sa.Connection, queue: str) -> Counter[str]:
+        rows = connection.execute(
+            sa.select(jobs.c.tenant, sa.func.count())
+            .where(jobs.c.queue == queue, jobs.c.state.in_((DISPATCHED, RUNNING)))
+            .group_by(jobs.c.tenant)
+        )
+        return Counter({row[0]: int(row[1]) for row in rows})
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -196,24 +411,40 @@ class Admission:
             sa.select(jobs.c.id).where(jobs.c.tenant == tenant, jobs.c.idempotency_key == key)
         ).scalar_one_or_none()
 
-    def _next_pass(self, connection: sa.Connection, job: NewJob) -> float:
+    def _next_passes(
+        self, connection: sa.Connection, queue: str, lane: str, tenant: str, costs: Sequence[float]
+    ) -> list[float]:
+        """Stride passes for a tenant's next jobs in a lane, recording the last one."""
+        if not self.settings.fairness:
+            return [time.time()] * len(costs)
         virtual_time = connection.execute(
-            sa.select(lanes.c.virtual_time).where(lanes.c.queue == job.queue, lanes.c.lane == job.lane)
+            sa.select(lanes.c.virtual_time).where(lanes.c.queue == queue, lanes.c.lane == lane)
         ).scalar_one_or_none()
         virtual_time = float(virtual_time or 0.0)
-        increment = job.cost  # every tenant weighs 1 until tenant weights are configured
-        insert = self._insert(tenant_passes).values(
-            queue=job.queue, lane=job.lane, tenant=job.tenant, last_pass=virtual_time
+        weight = self.tenant_settings(connection).get(tenant, (1.0, None))[0]
+        increments = [cost / weight for cost in costs]
+        first_increment, rest = increments[0], sum(increments[1:])
+        statement = self._insert(tenant_passes).values(
+            queue=queue, lane=lane, tenant=tenant, last_pass=virtual_time + rest
         )
-        statement = insert.on_conflict_do_update(
-            index_elements=[tenant_passes.c.queue, tenant_passes.c.lane, tenant_passes.c.tenant],
-            set_={
-                "last_pass": _greatest(
-                    tenant_passes.c.last_pass + increment, sa.literal(virtual_time, sa.Float)
-                )
-            },
-        ).returning(tenant_passes.c.last_pass)
-        return float(connection.execute(statement).scalar_one())
+        first = (
+            connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[tenant_passes.c.queue, tenant_passes.c.lane, tenant_passes.c.tenant],
+                    set_={
+                        "last_pass": _greatest(
+                            tenant_passes.c.last_pass + first_increment, sa.literal(virtual_time, sa.Float)
+                        )
+                        + rest
+                    },
+                ).returning(tenant_passes.c.last_pass)
+            ).scalar_one()
+            - rest
+        )
+        passes = [float(first)]
+        for increment in increments[1:]:
+            passes.append(passes[-1] + increment)
+        return passes
 
     def _lock_queue(self, connection: sa.Connection, queue: str) -> int:
         connection.execute(self._insert(queues).values(name=queue, in_flight=0).on_conflict_do_nothing())
@@ -222,6 +453,27 @@ class Admission:
                 sa.select(queues.c.in_flight).where(queues.c.name == queue).with_for_update()
             ).scalar_one()
         )
+
+    def _credits(self, connection: sa.Connection, queue: str) -> list[float]:
+        stored: Mapping[str, float] = dict(
+            connection.execute(sa.select(lanes.c.lane, lanes.c.credit).where(lanes.c.queue == queue)).all()
+        )
+        return [float(stored.get(lane, 0.0)) for lane in self.lane_names]
+
+    def _save_credits(
+        self, connection: sa.Connection, queue: str, stored: list[float], credits: list[float]
+    ) -> None:
+        if not self.settings.fairness:
+            return
+        for lane, before, credit in zip(self.lane_names, stored, credits, strict=True):
+            if credit == before:
+                continue
+            statement = self._insert(lanes).values(queue=queue, lane=lane, virtual_time=0.0, credit=credit)
+            connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[lanes.c.queue, lanes.c.lane], set_={"credit": credit}
+                )
+            )
 
     def _advance_virtual_time(self, connection: sa.Connection, queue: str, lane: str, value: float) -> None:
         statement = self._insert(lanes).values(queue=queue, lane=lane, virtual_time=value)

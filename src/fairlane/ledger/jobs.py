@@ -266,6 +266,21 @@ class JobStore:
             if previous.state == DISPATCHED:
                 _release_budget(connection, previous.queue, 1)
 
+    def defer(self, job_id: str, until: datetime) -> None:
+        """Send a dispatched job back to the backlog until ``until``, without counting an attempt."""
+        with self.engine.begin() as connection:
+            row = connection.execute(
+                sa.select(jobs.c.state, jobs.c.queue).where(jobs.c.id == job_id).with_for_update()
+            ).first()
+            if row is None or row.state != DISPATCHED:
+                return
+            connection.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id)
+                .values(state=PENDING, next_run_at=until, dispatched_at=None, updated_at=utcnow())
+            )
+            _release_budget(connection, row.queue, 1)
+
     def mark_cancelled(self, job_id: str) -> None:
         """Record that a running job was interrupted by its cancel request."""
         now = utcnow()

@@ -42,6 +42,8 @@ jobs = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("idempotency_key", sa.String(255)),
+    sa.Column("rate_key", sa.String(255)),
+    sa.Column("rate_tokens", sa.Float),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("worker_id", sa.String(128)),
     sa.Column("progress", sa.JSON),
@@ -81,6 +83,16 @@ jobs = sa.Table(
         postgresql_where=_LIVE_WHERE,
         sqlite_where=_LIVE_WHERE,
     ),
+    sa.Index(
+        "ix_fairlane_jobs_tenant_claim",
+        "queue",
+        "tenant",
+        "lane_rank",
+        "stride_pass",
+        "id",
+        postgresql_where=_BACKLOG_WHERE,
+        sqlite_where=_BACKLOG_WHERE,
+    ),
     sa.UniqueConstraint("tenant", "idempotency_key", name="uq_fairlane_jobs_idempotency"),
 )
 
@@ -99,6 +111,7 @@ lanes = sa.Table(
     sa.Column("queue", sa.String(255), primary_key=True),
     sa.Column("lane", sa.String(32), primary_key=True),
     sa.Column("virtual_time", sa.Float, nullable=False, server_default="0"),
+    sa.Column("credit", sa.Float, nullable=False, server_default="0"),
 )
 
 #: Stride scheduling state: the last pass handed to a tenant in a (queue, lane).
@@ -111,12 +124,23 @@ tenant_passes = sa.Table(
     sa.Column("last_pass", sa.Float, nullable=False),
 )
 
-#: Per-tenant scheduling settings (weight; more come with the fairness work).
+#: Per-tenant scheduling settings: fair-share weight and concurrency cap (None: queue default).
 tenants = sa.Table(
     "fairlane_tenants",
     metadata,
     sa.Column("tenant", sa.String(128), primary_key=True),
     sa.Column("weight", sa.Float, nullable=False, server_default="1"),
+    sa.Column("max_running", sa.Integer),
+)
+
+#: GCRA state of each shared rate-limit key (epoch seconds).
+rate_limits = sa.Table(
+    "fairlane_rate_limits",
+    metadata,
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("requests_tat", sa.Float, nullable=False, server_default="0"),
+    sa.Column("tokens_tat", sa.Float, nullable=False, server_default="0"),
+    sa.Column("paused_until", sa.Float, nullable=False, server_default="0"),
 )
 
 #: Records written by the built-in ``ingest`` actor.
@@ -130,4 +154,35 @@ ingested_records = sa.Table(
     sa.Column("data", sa.JSON, nullable=False),
     _ts("ingested_at", nullable=False),
     sa.Index("ix_fairlane_ingested_records_tenant", "tenant", "record_key"),
+)
+
+#: One row per live worker process (``host:pid``), refreshed every ``heartbeat_interval``.
+#: The reaper treats a running job whose worker's row is stale (or gone) as abandoned.
+workers = sa.Table(
+    "fairlane_workers",
+    metadata,
+    sa.Column("worker_id", sa.String(128), primary_key=True),
+    sa.Column("hostname", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("queues", sa.JSON, nullable=False),
+    sa.Column("processed", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("in_progress", sa.Integer, nullable=False, server_default="0"),
+    _ts("started_at", nullable=False),
+    _ts("last_heartbeat_at", nullable=False),
+    sa.Index("ix_fairlane_workers_heartbeat", "last_heartbeat_at"),
+)
+
+#: One row per scheduler task (cleanup, reaper, gauges, cron): when it last ran and succeeded,
+#: so a new leader exports the same last-success times as the one it replaced.
+scheduler_tasks = sa.Table(
+    "fairlane_scheduler_tasks",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("runs", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("failures", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("last_leader", sa.String(128)),
+    sa.Column("last_error", sa.Text),
+    _ts("last_started_at"),
+    _ts("last_success_at"),
+    _ts("last_failure_at"),
 )

@@ -25,6 +25,8 @@ class CurrentJob:
     tenant: str
     attempt: int
     jobs: JobStore
+    rate_limit: str | None = None
+    tokens: float = 0.0
     last_progress_write: float = 0.0
 
 
@@ -74,6 +76,8 @@ class JobContext(Middleware):
             tenant=str(message.options.get("tenant", "")),
             attempt=int(message.options.get("attempt", 1)),
             jobs=self.jobs,
+            rate_limit=message.options.get("rate_limit"),
+            tokens=float(message.options.get("tokens") or 0.0),
         )
 
     def after_process_message(

@@ -1,0 +1,119 @@
+"""Shared rate limits for external APIs: GCRA budgets kept in the ledger, spent at admission.
+
+A key (say ``openai``) is declared in settings with ``requests_per_minute`` and optionally
+``tokens_per_minute``. An actor names its key and an estimated token cost::
+
+    @fairlane.actor(queue_name="llm", rate_limit="openai", tokens=lambda prompt: len(prompt) // 3)
+    def complete(prompt: str) -> str:
+        reply = client.complete(prompt)
+        fairlane.ratelimit.settle(reply.usage.total_tokens)
+        return reply.text
+
+Admission charges a job's request and estimated tokens when it publishes the job, in fair
+order across tenants; a job the budget can't afford stays pending in the ledger (no worker
+slot, no retry spent) until it can. :func:`settle` corrects the token charge once the real
+count is known; :func:`pause` stops a key for every worker (an API's 429 with Retry-After).
+
+The budget is a GCRA per dimension with emission interval ``T = 60 s / (limit - burst)``
+and tolerance ``burst * T``, where ``burst`` is one request, or the largest token estimate a
+job may carry (1% of the per-minute token limit). That bound makes the sum over any 60 s
+window at most the limit, whatever the timing: requests use ``(limit - 1) / limit`` of their
+budget (99.8% at 450/min), tokens 99%.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from fairlane.settings import RateLimit
+
+WINDOW = 60.0
+#: Share of a per-minute token limit that one job's estimate may be at most.
+MAX_JOB_TOKEN_SHARE = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class Dimension:
+    """One GCRA budget: ``interval`` seconds per unit, ``tolerance`` seconds of burst."""
+
+    interval: float
+    tolerance: float
+
+    @classmethod
+    def for_limit(cls, per_minute: float, burst: float) -> Dimension:
+        """The budget that keeps any 60 s window at or under ``per_minute`` units."""
+        interval = WINDOW / max(per_minute - burst, 1e-9)
+        return cls(interval=interval, tolerance=burst * interval)
+
+    def next_tat(self, tat: float, now: float, units: float) -> float | None:
+        """The new theoretical arrival time after spending ``units`` now, or None if not allowed yet."""
+        new_tat = max(tat, now) + units * self.interval
+        rounding = 4 * math.ulp(new_tat)  # epoch seconds carry ~1e-7 s of float error
+        return new_tat if new_tat - now <= self.tolerance + rounding else None
+
+    def allowed_at(self, tat: float, units: float) -> float:
+        """The earliest time spending ``units`` is allowed."""
+        return tat + units * self.interval - self.tolerance
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """The request and token budgets of one rate-limit key."""
+
+    requests: Dimension
+    tokens: Dimension | None
+    max_job_tokens: float
+
+    @classmethod
+    def from_settings(cls, limit: RateLimit) -> Budget:
+        """The budget for a key declared in settings."""
+        tokens = None
+        max_job_tokens = math.inf
+        if limit.tokens_per_minute is not None:
+            max_job_tokens = max(1.0, limit.tokens_per_minute * MAX_JOB_TOKEN_SHARE)
+            tokens = Dimension.for_limit(limit.tokens_per_minute, max_job_tokens)
+        return cls(Dimension.for_limit(limit.requests_per_minute, 1.0), tokens, max_job_tokens)
+
+    def spend(
+        self, state: tuple[float, float], now: float, tokens: float
+    ) -> tuple[tuple[float, float] | None, float]:
+        """Try to spend one request and ``tokens``: ``(new state or None, earliest retry time)``."""
+        requests_tat, tokens_tat = state
+        new_requests = self.requests.next_tat(requests_tat, now, 1)
+        new_tokens = tokens_tat if self.tokens is None else self.tokens.next_tat(tokens_tat, now, tokens)
+        if new_requests is not None and new_tokens is not None:
+            return (new_requests, new_tokens), now
+        retry_at = self.requests.allowed_at(requests_tat, 1)
+        if self.tokens is not None:
+            retry_at = max(retry_at, self.tokens.allowed_at(tokens_tat, tokens))
+        return None, max(retry_at, now)
+
+    def correct_tokens(self, tokens_tat: float, estimated: float, actual: float) -> float:
+        """The token TAT after a job's real token count replaced its estimate."""
+        if self.tokens is None:
+            return tokens_tat
+        return tokens_tat + (actual - estimated) * self.tokens.interval
+
+
+def settle(actual_tokens: float) -> None:
+    """Correct the running job's token charge with the real count (call after the API call)."""
+    from fairlane.app import get_app
+    from fairlane.middleware.context import current_job
+
+    if isinstance(actual_tokens, bool) or not isinstance(actual_tokens, int | float) or actual_tokens < 0:
+        raise ValueError(f"actual_tokens must be a non-negative number, not {actual_tokens!r}")
+    job = current_job()
+    if job.rate_limit is None:
+        raise RuntimeError(f"actor {job.actor} declares no rate_limit, so there is nothing to settle")
+    get_app().rate_limits.settle(job.rate_limit, job.tokens, float(actual_tokens))
+    job.tokens = float(actual_tokens)
+
+
+def pause(key: str, seconds: float) -> None:
+    """Stop admitting and starting jobs of ``key`` on every worker for ``seconds`` (e.g. Retry-After)."""
+    from fairlane.app import get_app
+
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= 86_400:
+        raise ValueError(f"seconds must be in (0, 86400], not {seconds!r}")
+    get_app().rate_limits.pause(key, float(seconds))

@@ -1,0 +1,228 @@
+"""`fairlane worker` as real processes: killed, stopped gracefully, and run as several processes.
+
+Workers run ``tests.integration.process_actors`` on a queue of their own, with the
+PostgreSQL ledger (the production one). The test process only sends and reads the ledger.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fairlane
+from fairlane.app import App
+
+from .process_actors import QUEUE_VARIABLE, RELEASE, declare
+from .support import eventually, lane_depth
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHUTDOWN_TIMEOUT = 30.0
+STARTUP = 30.0  # seconds a new worker process may take to import, migrate and consume
+
+
+class Workers:
+    """Spawns worker processes for one test and reads the marker files their jobs leave."""
+
+    def __init__(self, app: App, queue: str, env: dict[str, str], tmp_path: Path) -> None:
+        self.app = app
+        self.queue = queue
+        self.env = env
+        self.markers = tmp_path / "markers"
+        self.markers.mkdir()
+        self.log = tmp_path / "workers.log"
+        self.spawned: list[subprocess.Popen[bytes]] = []
+        self.slow_step, self.held_step = declare(queue)
+
+    def spawn(self, processes: int = 1) -> subprocess.Popen[bytes]:
+        """Start ``fairlane worker`` (2 threads a process) in a session of its own."""
+        command = [sys.executable, "-m", "fairlane.cli", "worker", "--threads", "2"]
+        command += ["--processes", str(processes), "--shutdown-timeout", str(SHUTDOWN_TIMEOUT)]
+        command.append("tests.integration.process_actors")
+        with self.log.open("ab") as log:
+            process = subprocess.Popen(
+                command,
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.spawned.append(process)
+        return process
+
+    def send_held(self, count: int, **options: Any) -> list[str]:
+        """Jobs that run until :meth:`release`."""
+        return [
+            self.held_step.send_with_options(args=(str(self.markers),), **options).message_id
+            for _ in range(count)
+        ]
+
+    def send_quick(self, count: int, **options: Any) -> list[str]:
+        """Jobs that take 50 ms."""
+        return [
+            self.slow_step.send_with_options(args=(str(self.markers), 0.05), **options).message_id
+            for _ in range(count)
+        ]
+
+    def release(self) -> None:
+        """Let held jobs finish."""
+        (self.markers / RELEASE).touch()
+
+    def marks(self, job_id: str, stage: str) -> dict[int, int]:
+        """``{attempt: pid}`` of a job's ``started`` or ``done`` markers."""
+        found = {}
+        for path in self.markers.glob(f"{job_id}.*.{stage}"):
+            found[int(path.name.split(".")[1])] = int(path.read_text() or 0)
+        return found
+
+    def started_count(self, job_ids: list[str]) -> int:
+        return sum(len(self.marks(job_id, "started")) for job_id in job_ids)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_exit(self, process: subprocess.Popen[bytes], timeout: float) -> int:
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"worker {process.pid} still running after {timeout} s; log:\n{self.log_text()[-5000:]}"
+            ) from None
+
+    def stop_all(self) -> None:
+        for process in self.spawned:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+
+@pytest.fixture
+def workers(broker_url: str, postgres_url: str, tmp_path: Path) -> Iterator[Workers]:
+    queue = f"proc_{uuid.uuid4().hex[:12]}"
+    app = fairlane.configure(
+        fairlane.Settings(
+            broker_url=broker_url,
+            database_url=postgres_url,
+            results_dir=tmp_path / "results",
+            admission_interval=0.05,
+        )
+    )
+    env = {
+        **os.environ,
+        "FAIRLANE_BROKER_URL": broker_url,
+        "FAIRLANE_DATABASE_URL": postgres_url,
+        "FAIRLANE_RESULTS_DIR": str(tmp_path / "results"),
+        "FAIRLANE_METRICS_DIR": str(tmp_path / "metrics"),
+        "FAIRLANE_ADMISSION_INTERVAL": "0.05",
+        "FAIRLANE_CANCEL_POLL_INTERVAL": "0.05",
+        QUEUE_VARIABLE: queue,
+        "PYTHONUNBUFFERED": "1",
+    }
+    spawned = Workers(app, queue, env, tmp_path)
+    try:
+        yield spawned
+    finally:
+        spawned.stop_all()
+        app.close()
+
+
+def test_job_of_a_killed_worker_runs_again_on_a_new_worker(workers: Workers) -> None:
+    # Given a worker process running a long job, with more jobs sent behind it
+    first = workers.spawn()
+    long_job = workers.send_held(1, tenant="acme")[0]
+    eventually(lambda: 1 in workers.marks(long_job, "started"), STARTUP, "long job started on worker 1")
+    others = workers.send_held(4, tenant="acme") + workers.send_quick(3, tenant="globex")
+
+    # When that worker is killed with SIGKILL in the middle of the long job
+    os.kill(first.pid, signal.SIGKILL)
+    assert first.wait(timeout=10) == -signal.SIGKILL
+    workers.release()
+
+    # And a new worker starts
+    second = workers.spawn()
+
+    # Then the long job runs again on the new worker and succeeds on its second attempt
+    job = fairlane.jobs.wait(long_job, timeout=STARTUP)
+    assert (job.state, job.attempts) == ("succeeded", 2)
+    assert workers.marks(long_job, "started") == {1: first.pid, 2: second.pid}
+    assert workers.marks(long_job, "done") == {2: second.pid}
+    assert job.result == {"job": long_job, "attempt": 2, "pid": second.pid}
+
+    # And no job sent before the kill is lost: each succeeded, finishing exactly one attempt
+    for job_id in others:
+        other = fairlane.jobs.wait(job_id, timeout=STARTUP)
+        assert other.state == "succeeded", other
+        assert len(workers.marks(job_id, "done")) == 1
+        assert other.attempts == len(workers.marks(job_id, "started"))
+
+
+def test_sigterm_lets_running_jobs_finish_and_returns_unstarted_ones(workers: Workers) -> None:
+    # Given a worker whose two threads run held jobs, and two more jobs it took but can't start yet
+    worker = workers.spawn()
+    running = workers.send_held(2, tenant="acme")
+    eventually(lambda: workers.started_count(running) == 2, STARTUP, "both held jobs started")
+    waiting = workers.send_quick(2, tenant="acme", priority="high")
+    eventually(lambda: lane_depth(workers.app, workers.queue, "high") == 0, message="high jobs prefetched")
+
+    # When the worker gets SIGTERM
+    worker.send_signal(signal.SIGTERM)
+    eventually(lambda: "Shutting down" in workers.log_text(), message="worker shutting down")
+
+    # Then it keeps running until its jobs finish, then exits 0
+    assert worker.poll() is None, "worker exited with jobs still running"
+    workers.release()
+    assert workers.wait_exit(worker, SHUTDOWN_TIMEOUT) == 0
+
+    # And the running jobs finished on their first attempt
+    for job_id in running:
+        job = fairlane.jobs.get(job_id)
+        assert (job.state, job.attempts) == ("succeeded", 1)
+
+    # And the jobs it had not started went back to RabbitMQ, untouched
+    for job_id in waiting:
+        job = fairlane.jobs.get(job_id)
+        assert (job.state, job.attempts) == ("dispatched", 0)
+    assert lane_depth(workers.app, workers.queue, "high") == 2
+
+    # And a new worker runs them once each; the finished jobs don't run again
+    workers.spawn()
+    for job_id in waiting:
+        job = fairlane.jobs.wait(job_id, timeout=STARTUP)
+        assert (job.state, job.attempts) == ("succeeded", 1)
+    assert all(len(workers.marks(job_id, "started")) == 1 for job_id in running + waiting)
+
+
+def test_two_processes_share_the_work_and_sigterm_stops_both(workers: Workers) -> None:
+    # Given `fairlane worker --processes 2 --threads 2` (each process takes at most 2 jobs of a lane)
+    parent = workers.spawn(processes=2)
+
+    # When four long jobs are sent
+    held = workers.send_held(4, tenant="acme")
+
+    # Then both processes run them at once: two jobs each
+    eventually(lambda: workers.started_count(held) == 4, STARTUP, "all four jobs started")
+    pids = [pid for job_id in held for pid in workers.marks(job_id, "started").values()]
+    assert sorted(pids.count(pid) for pid in set(pids)) == [2, 2]
+    assert parent.pid not in pids
+
+    # When the parent gets SIGTERM while they run
+    parent.send_signal(signal.SIGTERM)
+    eventually(lambda: workers.log_text().count("Shutting down") == 2, message="both children stopping")
+    workers.release()
+
+    # Then both children finish their jobs and stop, and the parent exits 0
+    assert workers.wait_exit(parent, SHUTDOWN_TIMEOUT) == 0
+    for pid in set(pids):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    for job_id in held:
+        job = fairlane.jobs.get(job_id)
+        assert (job.state, job.attempts) == ("succeeded", 1)
