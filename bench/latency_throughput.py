@@ -29,10 +29,12 @@ Method:
    let the worker settle 10 ms, repeat — ``--samples`` times per system, alternating
    systems. Latency = actor start - ``sent``. p50 and p99 (nearest rank).
 3. Throughput (1 x 8, then 2 x 8): with idle, warmed workers, one sender thread sends N
-   no-op jobs as fast as it can; throughput = N / (last actor end - first ``sent``). The
-   median of ``--reps`` (3) repetitions per system, alternating systems. A repetition after
-   the first is skipped when it would push the run past ``--budget`` seconds (330) while
-   leaving room for the later sizes; the table says how many runs each median is of.
+   (``--jobs``, 5000) no-op jobs as fast as it can, but stops sending after
+   ``--max-send-seconds`` (30) so a slow system cannot blow the time budget; throughput =
+   jobs sent / (last actor end - first ``sent``), and the table shows how many jobs a run
+   held. The median of ``--reps`` (3) repetitions per system, alternating systems. A
+   repetition after the first is skipped when it would push the run past ``--budget``
+   seconds (330) while leaving room for the later sizes; the table says how many ran.
 
 "Where time goes" rows (medians): how long the sender's ``send()`` call takes (and, for
 fairlane, its ledger accept / admission / confirmed-publish steps, timed by wrapping those
@@ -55,9 +57,11 @@ import importlib.metadata
 import math
 import os
 import platform
+import re
 import secrets
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -290,6 +294,22 @@ def problems_in(worker: WorkerProcess) -> list[str]:
     ]
 
 
+def summarize(lines: list[str]) -> list[tuple[int, str]]:
+    """Distinct log lines (timestamps, numbers and addresses blanked) with counts, most frequent first."""
+    counts: dict[str, int] = defaultdict(int)
+    for line in lines:
+        source, _, text = line.partition(": ")
+        text = re.sub(r"\d+", "N", re.sub(r"\d{4}-\d\d-\d\d[ T][\d:,.]+ ?", "", text))
+        counts[f"{source}: {text}"[:240]] += 1
+    return sorted(((count, line) for line, count in counts.items()), reverse=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def start_worker(system: str, processes: int, env: dict[str, str], workdir: Path) -> WorkerProcess:
     if system == "fairlane":
         command = [sys.executable, "-m", "fairlane.cli", "worker", "--processes", str(processes)]
@@ -298,6 +318,13 @@ def start_worker(system: str, processes: int, env: dict[str, str], workdir: Path
         command = [sys.executable, "-m", "dramatiq", "_dramatiq_actors:broker", "--processes", str(processes)]
         command += ["--threads", str(THREADS), "--path", str(BENCH_DIR), "--worker-shutdown-timeout", "20000"]
     log = workdir / f"worker-{system}-{processes}.log"
+    if system == "fairlane":
+        # Metrics and health endpoints stay on, as in production, on ports no one else uses.
+        env = env | {
+            "FAIRLANE_METRICS_PORT": str(_free_port()),
+            "FAIRLANE_HEALTH_PORT": str(_free_port()),
+            "FAIRLANE_METRICS_DIR": str(workdir / f"metrics-{processes}"),
+        }
     with log.open("wb") as output:
         popen = subprocess.Popen(
             command, cwd=workdir, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
@@ -396,6 +423,7 @@ def measure_latency(
 
 @dataclasses.dataclass
 class ThroughputRun:
+    jobs: int
     jobs_per_s: float
     send_jobs_per_s: float
     worker_cpu: float
@@ -410,7 +438,13 @@ class ThroughputRun:
 
 
 def measure_throughput(
-    send: Send, reports: Reports, worker: WorkerProcess, ledger: Ledger | None, tag: str, jobs: int
+    send: Send,
+    reports: Reports,
+    worker: WorkerProcess,
+    ledger: Ledger | None,
+    tag: str,
+    jobs: int,
+    max_send_seconds: float,
 ) -> ThroughputRun:
     worker.check_alive()
     ledger_pids = ledger.backend_pids() if ledger else []
@@ -419,8 +453,14 @@ def measure_throughput(
     sender_before = time.thread_time()
     first = time.time()
     send(tag, first)
-    for _ in range(jobs - 1):
-        send(tag, time.time())
+    sent, stop_at = 1, first + max_send_seconds
+    while sent < jobs:
+        now = time.time()
+        if now > stop_at:
+            break
+        send(tag, now)
+        sent += 1
+    jobs = sent
     sent_all = time.time()
     sender_cpu = time.thread_time() - sender_before
     records = reports.wait(tag, jobs, timeout=60 + jobs / 20, interval=0.005)
@@ -432,6 +472,7 @@ def measure_throughput(
         )
     )
     return ThroughputRun(
+        jobs=jobs,
         jobs_per_s=jobs / (last - first),
         send_jobs_per_s=jobs / (sent_all - first),
         worker_cpu=worker_cpu / jobs,
@@ -491,6 +532,9 @@ def build_table(
             median_of("jobs_per_s"),
             _rate,
         )
+        row(
+            f"  jobs per {processes}x{THREADS} run (median)", median_of("jobs"), lambda value: f"{value:,.0f}"
+        )
     table.add_section()
     table.add_row("[dim]where time goes (medians)[/]", "", "", "")
     row("idle: send() call, ms", lambda s: statistics.median(latency[s].send_calls), _ms)
@@ -541,6 +585,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=330.0,
         help="seconds the whole run may take; repetitions beyond the first are skipped when the "
         "projected time would exceed it (the table says how many ran)",
+    )
+    parser.add_argument(
+        "--max-send-seconds",
+        type=float,
+        default=30.0,
+        help="stop a throughput run's send loop after this long even if fewer than --jobs were sent",
     )
     parser.add_argument("--samples", type=int, default=200, help="idle latency samples per system")
     parser.add_argument(
@@ -643,6 +693,10 @@ def main(argv: list[str] | None = None) -> int:
                             )
                             continue
                     time.sleep(1.0)  # let the previous run's last acks and ledger writes settle
+                    # One job first, so a sender connection RabbitMQ dropped while this system sat
+                    # idle (pika's blocking connection sends no heartbeats when unused) is renewed.
+                    senders[system](f"pre-{system}-{processes}-{rep}", time.time())
+                    reports.wait(f"pre-{system}-{processes}-{rep}", 1, timeout=60)
                     run_started = time.monotonic()
                     run = measure_throughput(
                         senders[system],
@@ -651,13 +705,15 @@ def main(argv: list[str] | None = None) -> int:
                         ledger if system == "fairlane" else None,
                         f"tp-{system}-{processes}-{rep}",
                         args.jobs,
+                        args.max_send_seconds,
                     )
                     throughput[(system, processes)].append(run)
                     durations[(system, processes)].append(time.monotonic() - run_started)
                     size = f"{processes}x{THREADS}"
                     _progress(
                         started,
-                        f"{size} rep {rep + 1} {LABEL[system]:8} {run.jobs_per_s:7,.0f} jobs/s "
+                        f"{size} rep {rep + 1} {LABEL[system]:8} {run.jobs:5} jobs "
+                        f"{run.jobs_per_s:7,.0f} jobs/s "
                         f"(send loop {run.send_jobs_per_s:,.0f} jobs/s)",
                     )
             for worker in pair.values():
@@ -671,8 +727,8 @@ def main(argv: list[str] | None = None) -> int:
                 for s in SYSTEMS
             )
             console.print(f"[dim]{processes}x{THREADS} runs, jobs/s: {runs}[/]")
-        for line in worker_problems[:20]:
-            console.print(f"[yellow]worker log: {line}[/]", markup=False, highlight=False)
+        for count, line in summarize(worker_problems)[:6]:
+            console.print(f"worker log, {count}x: {line}", style="yellow", markup=False, highlight=False)
     console.print(f"[dim]total {time.monotonic() - started:.0f}s, cleaned up[/]")
     return 0
 

@@ -18,6 +18,7 @@ from fairlane.broker import FairlaneBroker
 from fairlane.errors import InvalidJob, JobCancelled, JobNotFound, JobTimeout, SettingsError
 from fairlane.ledger.jobs import Job, JobError
 from fairlane.middleware.context import CurrentJob, current_job, progress
+from fairlane.scheduling.cron import cron
 from fairlane.settings import Settings, load_settings
 
 
@@ -44,6 +45,7 @@ __all__ = [
     "SettingsError",
     "actor",
     "configure",
+    "cron",
     "current_job",
     "get_app",
     "get_broker",

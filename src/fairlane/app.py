@@ -18,7 +18,7 @@ from fairlane.ledger.admission import Admission
 from fairlane.ledger.database import create_ledger_engine, migrate
 from fairlane.ledger.jobs import JobStore
 from fairlane.ledger.ratelimits import RateLimits
-from fairlane.middleware.admission import AdmissionSweeper
+from fairlane.middleware.admission import Admitter
 from fairlane.middleware.cancellation import Cancellation
 from fairlane.middleware.context import JobContext
 from fairlane.middleware.metrics import Metrics
@@ -64,7 +64,7 @@ def build_app(settings: Settings) -> App:
         Retries(jobs, settings),
         Callbacks(),
         Pipelines(),
-        AdmissionSweeper(settings.admission_interval),
+        Admitter(settings.admission_interval),
     ]
     broker = FairlaneBroker(settings, admission, middleware)
     dramatiq.set_broker(broker)

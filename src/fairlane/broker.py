@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -55,6 +56,9 @@ class FairlaneBroker(RabbitmqBroker):
         self.actor_queues: set[str] = set()
         #: Per queue, when a job held back by a rate limit may next be affordable (epoch seconds).
         self.next_admission_at: dict[str, float] = {}
+        #: Queues whose admission a worker thread asked for, and the event that wakes the admitter.
+        self.admission_requests: set[str] = set()
+        self.admission_wanted = threading.Event()
 
     @property
     def consumer_class(self) -> type[_RabbitmqConsumer]:
@@ -177,9 +181,19 @@ class FairlaneBroker(RabbitmqBroker):
             self.admit(queue)
         return [stored for _, stored in prepared]
 
-    def admit(self, queue: str) -> int:
-        """Publish as many backlog jobs of ``queue`` as its dispatch budget allows; returns how many."""
-        round_ = self.admission.admit(queue, self.settings.dispatch_budget)
+    def request_admission(self, queue: str) -> None:
+        """Ask this process's admitter thread to run an admission round for ``queue`` soon."""
+        self.admission_requests.add(queue)
+        self.admission_wanted.set()
+
+    def admit(self, queue: str, *, wait: bool = True) -> int | None:
+        """Publish as many backlog jobs of ``queue`` as its dispatch budget allows; returns how many.
+
+        With ``wait=False``, returns None instead of waiting for another process's round.
+        """
+        round_ = self.admission.admit(queue, self.settings.dispatch_budget, wait=wait)
+        if round_ is None:
+            return None
         if round_.retry_at is not None:
             self.next_admission_at[queue] = round_.retry_at
         for reason, count in round_.deferred.items():
@@ -190,7 +204,7 @@ class FairlaneBroker(RabbitmqBroker):
                 self.publish(Message.decode(job.message.encode()))
             except (ConnectionClosed, pika.exceptions.AMQPError) as error:
                 unpublished = admitted[index:]
-                self.admission.unadmit(queue, [item.id for item in unpublished])
+                self.admission.unadmit([item.id for item in unpublished])
                 logger.warning(
                     "event=publish_failed queue=%s jobs=%d error=%s action='jobs stay pending in the ledger'",
                     queue,

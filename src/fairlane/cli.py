@@ -1,4 +1,4 @@
-"""The ``fairlane`` command: worker, jobs, dead letters and the demo."""
+"""The ``fairlane`` command: worker, scheduler, jobs, dead letters and the demo."""
 
 from __future__ import annotations
 
@@ -54,6 +54,15 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     if args.processes == 1:
         return run_process(args.modules, args.threads, args.shutdown_timeout)
     return run_processes(args.modules, args.processes, args.threads, args.shutdown_timeout)
+
+
+# -- scheduler ------------------------------------------------------------------------------------------
+
+
+def _cmd_scheduler(args: argparse.Namespace) -> int:
+    from fairlane.scheduling.service import run_scheduler
+
+    return run_scheduler(args.modules)
 
 
 # -- jobs -----------------------------------------------------------------------------------------------
@@ -237,6 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--threads", "-t", type=int, default=8, choices=range(1, 257), metavar="M")
     worker.add_argument("--shutdown-timeout", type=float, default=600.0, help="seconds to let jobs finish")
     worker.set_defaults(handler=_cmd_worker)
+
+    scheduler = commands.add_parser(
+        "scheduler", help="run a scheduler replica: retention, reaper, cron, leader gauges (one leader)"
+    )
+    scheduler.add_argument(
+        "modules", nargs="*", metavar="MODULE", help="modules declaring the actors of cron schedules"
+    )
+    scheduler.set_defaults(handler=_cmd_scheduler)
 
     jobs = commands.add_parser("jobs", help="look up jobs").add_subparsers(dest="jobs_command", required=True)
     show = jobs.add_parser("show", help="one job in full")

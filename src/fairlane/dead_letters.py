@@ -190,7 +190,7 @@ def _reason(properties: pika.BasicProperties) -> str:
     death_reason = deaths[0].get("reason", "")
     if isinstance(death_reason, bytes):
         death_reason = death_reason.decode(errors="replace")
-    return f"rejected by the worker ({death_reason}); see the job's error in the ledger"
+    return f"rejected by the worker ({death_reason}); no job is recorded for it (e.g. an undeclared actor)"
 
 
 def _dead_at(properties: pika.BasicProperties) -> datetime | None:

@@ -42,10 +42,15 @@ def rabbitmq_problem(url: str) -> str | None:
     parameters = pika.URLParameters(url)
     parameters.connection_attempts = 1
     parameters.socket_timeout = 3
+    pika_logger = logging.getLogger("pika")
+    level = pika_logger.level
+    pika_logger.setLevel(logging.CRITICAL)  # the answer below says it plainly; spare the traceback
     try:
         pika.BlockingConnection(parameters).close()
     except pika.exceptions.AMQPError as error:
         return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    finally:
+        pika_logger.setLevel(level)
     return None
 
 

@@ -47,6 +47,7 @@ from fairlane.observability.exporter import MetricsServer, multiprocess_mode_act
 from fairlane.observability.health import HealthChecks, HealthServer, Verdict, start_health_server
 from fairlane.observability.heartbeat import CHECK_INTERVAL, ProcessStatus, WorkerHeartbeat
 from fairlane.settings import Settings, load_settings
+from fairlane.work_queue import LaneWorkQueue
 
 logger = logging.getLogger("fairlane.worker")
 
@@ -77,6 +78,7 @@ def _worker_with_heartbeat(
         broker._fairlane_booted = True  # type: ignore[attr-defined]
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
     worker.queue_prefetch = threads  # one message per worker thread: the budget, not prefetch, buffers
+    worker.work_queue = LaneWorkQueue(broker.lane_ranks)  # prefetched urgent work runs first
     worker.start()
     heartbeat = WorkerHeartbeat(app, worker, status_file=status_file)
     heartbeat.start()

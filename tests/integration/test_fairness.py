@@ -72,9 +72,7 @@ def test_rate_limited_jobs_wait_without_spending_attempts(make_app: Any, queue: 
     # Then all succeed on their first attempt, charged at least one interval apart
     assert [job.attempts for job in finished] == [1, 1, 1, 1]
     dispatched = sorted(job.dispatched_at for job in finished if job.dispatched_at)
-    gaps = [
-        (later - earlier).total_seconds() for earlier, later in itertools.pairwise(dispatched)
-    ]
+    gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(dispatched)]
     assert all(gap >= 60 / 119 - 0.01 for gap in gaps)
 
 

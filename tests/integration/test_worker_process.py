@@ -6,6 +6,7 @@ PostgreSQL ledger (the production one). The test process only sends and reads th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -98,10 +99,11 @@ class Workers:
             ) from None
 
     def stop_all(self) -> None:
+        """Kill whatever is left of the spawned workers (each is its own process group)."""
         for process in self.spawned:
-            if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+            process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -132,16 +134,21 @@ def workers(broker_url: str, postgres_url: str, tmp_path: Path) -> Iterator[Work
     finally:
         spawned.stop_all()
         app.close()
+        print(f"worker log tail:\n{spawned.log_text()[-5000:]}")  # shown when the test failed
 
 
 def test_job_of_a_killed_worker_runs_again_on_a_new_worker(workers: Workers) -> None:
-    # Given a worker process running a long job, with more jobs sent behind it
+    # Given a worker process running a long job, and more jobs sent behind it
     first = workers.spawn()
     long_job = workers.send_held(1, tenant="acme")[0]
     eventually(lambda: 1 in workers.marks(long_job, "started"), STARTUP, "long job started on worker 1")
-    others = workers.send_held(4, tenant="acme") + workers.send_quick(3, tenant="globex")
+    held = workers.send_held(3, tenant="acme")
+    quick = workers.send_quick(3, tenant="globex")
+    # (its second thread runs quick jobs until it, too, is busy with a long one)
+    eventually(lambda: workers.started_count(held) == 1, message="worker 1's second thread busy")
+    [also_killed] = [job_id for job_id in held if workers.marks(job_id, "started")]
 
-    # When that worker is killed with SIGKILL in the middle of the long job
+    # When that worker is killed with SIGKILL in the middle of both long jobs
     os.kill(first.pid, signal.SIGKILL)
     assert first.wait(timeout=10) == -signal.SIGKILL
     workers.release()
@@ -155,9 +162,10 @@ def test_job_of_a_killed_worker_runs_again_on_a_new_worker(workers: Workers) -> 
     assert workers.marks(long_job, "started") == {1: first.pid, 2: second.pid}
     assert workers.marks(long_job, "done") == {2: second.pid}
     assert job.result == {"job": long_job, "attempt": 2, "pid": second.pid}
+    assert fairlane.jobs.wait(also_killed, timeout=STARTUP).attempts == 2
 
     # And no job sent before the kill is lost: each succeeded, finishing exactly one attempt
-    for job_id in others:
+    for job_id in held + quick:
         other = fairlane.jobs.wait(job_id, timeout=STARTUP)
         assert other.state == "succeeded", other
         assert len(workers.marks(job_id, "done")) == 1

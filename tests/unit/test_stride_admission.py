@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from fairlane.ledger.admission import Admission, NewJob
 from fairlane.ledger.database import create_ledger_engine, migrate, utcnow
 from fairlane.ledger.ratelimits import RateLimits
-from fairlane.ledger.schema import jobs, queues, tenants
+from fairlane.ledger.schema import jobs, tenants
 from fairlane.settings import Settings
 
 LANE_RANK = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
@@ -45,14 +45,14 @@ def _accept(admission: Admission, tenant: str, lane: str = "normal", cost: float
 
 
 def _free_budget(admission: Admission) -> None:
+    """Workers started every dispatched job: the budget is free again (they are still running)."""
     with admission.engine.begin() as connection:
-        connection.execute(queues.update().values(in_flight=0))
+        connection.execute(jobs.update().where(jobs.c.state == "dispatched").values(state="running"))
 
 
 def _finish(admission: Admission, job_ids: list[str]) -> None:
     with admission.engine.begin() as connection:
         connection.execute(jobs.update().where(jobs.c.id.in_(job_ids)).values(state="succeeded"))
-    _free_budget(admission)
 
 
 def _set_tenant(admission: Admission, tenant: str, weight: float = 1.0, cap: int | None = None) -> None:

@@ -113,7 +113,9 @@ class Admission:
         self.lane_names = settings.lanes
         self.shares = [settings.min_shares[lane] for lane in settings.lanes]
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._statements = _Statements(self._insert)
         self._tenant_cache: tuple[float, dict[str, tuple[float, int | None]]] = (0.0, {})
+        self._queue_rows: set[str] = set()
 
     # -- accepting -----------------------------------------------------------------------------------
 
@@ -129,9 +131,7 @@ class Admission:
                 if existing is not None:
                     return existing, False
             passes = self._next_passes(connection, job.queue, job.lane, job.tenant, [job.cost])
-            inserted = connection.execute(
-                self._insert(jobs).values(**self._row(job, passes[0])).on_conflict_do_nothing()
-            )
+            inserted = connection.execute(self._statements.insert_job, self._row(job, passes[0]))
             if inserted.rowcount == 0:
                 # A concurrent send with the same key (or a resent message id) won the race.
                 existing = self._job_with_key(connection, job.tenant, job.idempotency_key) or job.id
@@ -175,30 +175,33 @@ class Admission:
 
     # -- admitting -----------------------------------------------------------------------------------
 
-    def admit(self, queue: str, budget: int) -> Admitted:
-        """Move the best admissible backlog jobs of ``queue`` to ``dispatched`` while its budget has room."""
+    def admit(self, queue: str, budget: int, *, wait: bool = True) -> Admitted | None:
+        """Move the best admissible backlog jobs of ``queue`` to ``dispatched`` while its budget has room.
+
+        Admissions of one queue take turns on its row. With ``wait=False`` (a worker's
+        admitter) a round already under way elsewhere is not waited for: returns None.
+        """
         now = utcnow()
         with self.engine.begin() as connection:
-            in_flight = self._lock_queue(connection, queue)
-            if in_flight >= budget:
+            if not self._lock_queue(connection, queue, wait):
+                return None
+            room = budget - self._dispatched_count(connection, queue)
+            if room <= 0:
                 return Admitted([])
-            state = _Round(
-                room=budget - in_flight,
-                caps={},
-                live=Counter(),
-                blocked_keys={},
-            )
+            state = _Round(room=room, caps={}, live=Counter(), blocked_keys={})
             capped = self.settings.fairness and self._caps_apply(connection, queue)
             if capped:
                 state.live = self._live_per_tenant(connection, queue)
                 state.caps = self._caps(queue, state.live)
             candidates = self._candidates(connection, queue, now, state, capped)
-            stored_credits = self._credits(connection, queue)
+            contended = sum(1 for rows in candidates if rows) > 1
+            stored_credits = self._credits(connection, queue) if contended else [0.0] * len(candidates)
             credits = list(stored_credits)
             chosen = self._choose(connection, candidates, credits, state, capped)
             if chosen:
                 self._dispatch(connection, queue, chosen, now)
-                self._save_credits(connection, queue, stored_credits, credits)
+                if contended:
+                    self._save_credits(connection, queue, stored_credits, credits)
         retry_at = min(state.blocked_keys.values()) if state.blocked_keys else None
         return Admitted(
             [AdmittedJob(row.id, row.lane, row.message) for row in chosen], retry_at, state.deferred
@@ -207,37 +210,59 @@ class Admission:
     def _candidates(
         self, connection: sa.Connection, queue: str, now: datetime, state: _Round, capped: bool
     ) -> list[list[Any]]:
-        """Per lane, the first ``room`` due backlog jobs in stride order (locked, skipping locked ones)."""
+        """Per lane, the first due backlog jobs in stride order (locked, skipping locked ones).
+
+        One query serves the common case: the highest lanes with backlog. Lanes below them are
+        looked at only if they have a minimum share and a due job, so that they can be owed.
+        """
         excluded = [tenant for tenant in state.live if capped and state.tenant_full(tenant)]
-        per_lane: list[list[Any]] = []
-        for rank in range(len(self.lane_names)):
-            query = (
-                sa.select(
-                    jobs.c.id,
-                    jobs.c.lane,
-                    jobs.c.tenant,
-                    jobs.c.stride_pass,
-                    jobs.c.message,
-                    jobs.c.rate_key,
-                    jobs.c.rate_tokens,
-                    jobs.c.actor,
-                )
-                .where(
-                    jobs.c.queue == queue,
-                    jobs.c.lane_rank == rank,
-                    jobs.c.state.in_(BACKLOG_STATES),
-                    jobs.c.next_run_at <= now,
-                )
-                .order_by(jobs.c.stride_pass, jobs.c.id)
-                .limit(state.room * 2 if capped or self.rate_limits.budgets else state.room)
-                .with_for_update(skip_locked=True)
-            )
-            if excluded:
-                query = query.where(jobs.c.tenant.not_in(excluded))
-            per_lane.append(list(connection.execute(query)))
+        limit = state.room * 2 if capped or self.rate_limits.budgets else state.room
+        per_lane: list[list[Any]] = [[] for _ in self.lane_names]
+        for row in connection.execute(self._backlog_query(queue, now, excluded, limit)):
+            per_lane[row.lane_rank].append(row)
+        present = [rank for rank, rows in enumerate(per_lane) if rows]
+        below = [
+            rank
+            for rank in range(len(self.lane_names))
+            if self.settings.fairness and self.shares[rank] > 0 and present and rank > max(present)
+        ]
+        if below:
+            due = connection.execute(
+                sa.select(*[sa.exists(self._backlog_query(queue, now, excluded, 1, rank)) for rank in below])
+            ).one()
+            for rank, has_backlog in zip(below, due, strict=True):
+                if has_backlog:
+                    per_lane[rank] = list(
+                        connection.execute(self._backlog_query(queue, now, excluded, limit, rank))
+                    )
         if capped:
             state.caps.update(self._caps(queue, {row.tenant for rows in per_lane for row in rows}))
         return per_lane
+
+    def _backlog_query(
+        self, queue: str, now: datetime, excluded: list[str], limit: int, rank: int | None = None
+    ) -> sa.Select[Any]:
+        query = (
+            sa.select(
+                jobs.c.id,
+                jobs.c.lane,
+                jobs.c.lane_rank,
+                jobs.c.tenant,
+                jobs.c.stride_pass,
+                jobs.c.message,
+                jobs.c.rate_key,
+                jobs.c.rate_tokens,
+            )
+            .where(jobs.c.queue == queue, jobs.c.state.in_(BACKLOG_STATES), jobs.c.next_run_at <= now)
+            .order_by(jobs.c.lane_rank, jobs.c.stride_pass, jobs.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        if rank is not None:
+            query = query.where(jobs.c.lane_rank == rank)
+        if excluded:
+            query = query.where(jobs.c.tenant.not_in(excluded))
+        return query
 
     def _choose(
         self,
@@ -294,14 +319,7 @@ class Admission:
         return False
 
     def _dispatch(self, connection: sa.Connection, queue: str, chosen: list[Any], now: datetime) -> None:
-        connection.execute(
-            jobs.update()
-            .where(jobs.c.id.in_([row.id for row in chosen]))
-            .values(state=DISPATCHED, dispatched_at=now, updated_at=now)
-        )
-        connection.execute(
-            queues.update().where(queues.c.name == queue).values(in_flight=queues.c.in_flight + len(chosen))
-        )
+        connection.execute(self._statements.dispatch, {"p_ids": [row.id for row in chosen], "p_now": now})
         if not self.settings.fairness:
             return
         for lane in {row.lane for row in chosen}:
@@ -310,19 +328,13 @@ class Admission:
 
     # -- re-driving ----------------------------------------------------------------------------------
 
-    def unadmit(self, queue: str, job_ids: Sequence[str]) -> None:
+    def unadmit(self, job_ids: Sequence[str]) -> None:
         """Return dispatched jobs whose publish failed to the backlog, freeing their budget."""
         with self.engine.begin() as connection:
-            self._lock_queue(connection, queue)
-            moved = connection.execute(
+            connection.execute(
                 jobs.update()
                 .where(jobs.c.id.in_(job_ids), jobs.c.state == DISPATCHED)
                 .values(state=PENDING, dispatched_at=None, updated_at=utcnow())
-            ).rowcount
-            connection.execute(
-                queues.update()
-                .where(queues.c.name == queue)
-                .values(in_flight=_greatest(queues.c.in_flight - moved, sa.literal(0)))
             )
 
     def requeue_dead(self, job_id: str) -> str | None:
@@ -417,42 +429,32 @@ class Admission:
         """Stride passes for a tenant's next jobs in a lane, recording the last one."""
         if not self.settings.fairness:
             return [time.time()] * len(costs)
-        virtual_time = connection.execute(
-            sa.select(lanes.c.virtual_time).where(lanes.c.queue == queue, lanes.c.lane == lane)
-        ).scalar_one_or_none()
-        virtual_time = float(virtual_time or 0.0)
         weight = self.tenant_settings(connection).get(tenant, (1.0, None))[0]
         increments = [cost / weight for cost in costs]
-        first_increment, rest = increments[0], sum(increments[1:])
-        statement = self._insert(tenant_passes).values(
-            queue=queue, lane=lane, tenant=tenant, last_pass=virtual_time + rest
-        )
-        first = (
-            connection.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[tenant_passes.c.queue, tenant_passes.c.lane, tenant_passes.c.tenant],
-                    set_={
-                        "last_pass": _greatest(
-                            tenant_passes.c.last_pass + first_increment, sa.literal(virtual_time, sa.Float)
-                        )
-                        + rest
-                    },
-                ).returning(tenant_passes.c.last_pass)
-            ).scalar_one()
-            - rest
-        )
+        rest = sum(increments[1:])
+        parameters = {
+            "p_queue": queue,
+            "p_lane": lane,
+            "p_tenant": tenant,
+            "p_first": increments[0],
+            "p_rest": rest,
+        }
+        first = float(connection.execute(self._statements.next_pass, parameters).scalar_one()) - rest
         passes = [float(first)]
         for increment in increments[1:]:
             passes.append(passes[-1] + increment)
         return passes
 
-    def _lock_queue(self, connection: sa.Connection, queue: str) -> int:
-        connection.execute(self._insert(queues).values(name=queue, in_flight=0).on_conflict_do_nothing())
-        return int(
-            connection.execute(
-                sa.select(queues.c.in_flight).where(queues.c.name == queue).with_for_update()
-            ).scalar_one()
-        )
+    def _lock_queue(self, connection: sa.Connection, queue: str, wait: bool) -> bool:
+        """Take the queue's admission turn; False if ``wait`` is off and another round holds it."""
+        if queue not in self._queue_rows:
+            connection.execute(self._insert(queues).values(name=queue).on_conflict_do_nothing())
+            self._queue_rows.add(queue)
+        statement = self._statements.lock_queue if wait else self._statements.try_lock_queue
+        return connection.execute(statement, {"p_queue": queue}).first() is not None
+
+    def _dispatched_count(self, connection: sa.Connection, queue: str) -> int:
+        return int(connection.execute(self._statements.dispatched_count, {"p_queue": queue}).scalar_one())
 
     def _credits(self, connection: sa.Connection, queue: str) -> list[float]:
         stored: Mapping[str, float] = dict(
@@ -476,10 +478,54 @@ class Admission:
             )
 
     def _advance_virtual_time(self, connection: sa.Connection, queue: str, lane: str, value: float) -> None:
-        statement = self._insert(lanes).values(queue=queue, lane=lane, virtual_time=value)
         connection.execute(
-            statement.on_conflict_do_update(
+            self._statements.advance_virtual_time, {"p_queue": queue, "p_lane": lane, "p_value": value}
+        )
+
+
+class _Statements:
+    """The admission statements that run per send or per round, built once per dialect."""
+
+    def __init__(self, insert: Any) -> None:
+        queue: sa.BindParameter[str] = sa.bindparam("p_queue")
+        lane: sa.BindParameter[str] = sa.bindparam("p_lane")
+        self.insert_job = insert(jobs).on_conflict_do_nothing()
+        virtual_time = (
+            sa.select(sa.func.coalesce(sa.func.max(lanes.c.virtual_time), 0.0))
+            .where(lanes.c.queue == queue, lanes.c.lane == lane)
+            .scalar_subquery()
+        )
+        rest = sa.bindparam("p_rest", type_=sa.Float)
+        pass_insert = insert(tenant_passes).values(
+            queue=queue, lane=lane, tenant=sa.bindparam("p_tenant"), last_pass=virtual_time + rest
+        )
+        self.next_pass = pass_insert.on_conflict_do_update(
+            index_elements=[tenant_passes.c.queue, tenant_passes.c.lane, tenant_passes.c.tenant],
+            set_={
+                "last_pass": _greatest(
+                    tenant_passes.c.last_pass + sa.bindparam("p_first", type_=sa.Float), virtual_time
+                )
+                + rest
+            },
+        ).returning(tenant_passes.c.last_pass)
+        lock = sa.select(queues.c.name).where(queues.c.name == queue)
+        self.lock_queue = lock.with_for_update()
+        self.try_lock_queue = lock.with_for_update(skip_locked=True)
+        self.dispatched_count = sa.select(sa.func.count()).where(
+            jobs.c.queue == queue, jobs.c.state == DISPATCHED
+        )
+        now: sa.BindParameter[datetime] = sa.bindparam("p_now")
+        self.dispatch = (
+            jobs.update()
+            .where(jobs.c.id.in_(sa.bindparam("p_ids", expanding=True)))
+            .values(state=DISPATCHED, dispatched_at=now, updated_at=now)
+        )
+        value = sa.bindparam("p_value", type_=sa.Float)
+        self.advance_virtual_time = (
+            insert(lanes)
+            .values(queue=queue, lane=lane, virtual_time=value)
+            .on_conflict_do_update(
                 index_elements=[lanes.c.queue, lanes.c.lane],
-                set_={"virtual_time": _greatest(lanes.c.virtual_time, sa.literal(value, sa.Float))},
+                set_={"virtual_time": _greatest(lanes.c.virtual_time, value)},
             )
         )

@@ -42,7 +42,8 @@ def create_ledger_engine(settings: Settings) -> sa.Engine:
     mode, so worker threads and processes queue for the write lock instead of failing.
     """
     if not settings.is_sqlite:
-        return sa.create_engine(settings.sqlalchemy_url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        # No pre-ping: it costs a round trip per checkout; stale connections are recycled instead.
+        return sa.create_engine(settings.sqlalchemy_url, pool_size=10, max_overflow=20, pool_recycle=1800)
 
     path = settings.database_url.removeprefix("sqlite:///")
     if path not in ("", ":memory:"):

@@ -27,7 +27,6 @@ from fairlane.ledger.schema import (
     STATES,
     SUCCEEDED,
     jobs,
-    queues,
 )
 
 _List = list
@@ -126,6 +125,12 @@ class JobStore:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        # SQLite's write transactions begin explicitly (BEGIN IMMEDIATE), so they keep begin/commit.
+        self._single_statement = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if engine.dialect.name == "postgresql"
+            else engine
+        )
 
     # -- reads ---------------------------------------------------------------------------------------
 
@@ -201,105 +206,47 @@ class JobStore:
     def start(self, job_id: str, worker_id: str) -> Start:
         """Mark a received job running and count the attempt, unless it must not run.
 
-        A dispatched job frees its slot in the queue's dispatch budget. A job already running
-        (its worker died and RabbitMQ redelivered the message) runs again. Cancelled and
-        finished jobs are skipped.
+        A dispatched job so leaves the queue's dispatch budget. A job already running (its
+        worker died and RabbitMQ redelivered the message) runs again. Cancelled and finished
+        jobs are skipped.
         """
-        now = utcnow()
-        with self.engine.begin() as connection:
+        with self._single_statement.begin() as connection:
             row = connection.execute(
-                sa.select(jobs.c.state, jobs.c.queue, jobs.c.attempts, jobs.c.next_run_at)
-                .where(jobs.c.id == job_id)
-                .with_for_update()
+                _START, {"p_id": job_id, "p_now": utcnow(), "p_worker": worker_id}
             ).first()
-            if row is None:
-                return Start(StartDecision.UNKNOWN)
-            if row.state in FINAL_STATES:
-                return Start(StartDecision.SKIP, row.attempts)
-            connection.execute(
-                jobs.update()
-                .where(jobs.c.id == job_id)
-                .values(
-                    state=RUNNING,
-                    attempts=jobs.c.attempts + 1,
-                    started_at=now,
-                    worker_id=worker_id,
-                    updated_at=now,
-                )
-            )
-            if row.state == DISPATCHED:
-                _release_budget(connection, row.queue, 1)
-        return Start(StartDecision.RUN, row.attempts + 1, as_utc(row.next_run_at))
+            if row is not None:
+                return Start(StartDecision.RUN, row.attempts, as_utc(row.next_run_at))
+            exists = connection.execute(sa.select(jobs.c.id).where(jobs.c.id == job_id)).first()
+        return Start(StartDecision.SKIP if exists else StartDecision.UNKNOWN)
 
     def succeed(self, job_id: str, *, result: Any, result_path: str | None) -> None:
         """Record a running job's success and its result (inline, or a path to its file)."""
-        now = utcnow()
-        self._finish_running(
-            job_id, state=SUCCEEDED, result=result, result_path=result_path, finished_at=now, updated_at=now
-        )
+        self._run(_SUCCEED, p_id=job_id, p_now=utcnow(), p_result=result, p_result_path=result_path)
 
     def retry_later(self, job_id: str, error: JobError, run_at: datetime) -> None:
         """Put a failed job back in the backlog, runnable again at ``run_at``."""
-        self._finish_running(
-            job_id,
-            state=RETRYING,
-            next_run_at=run_at,
-            worker_id=None,
-            **_error_values(error),
-            updated_at=utcnow(),
-        )
+        self._run(_RETRY, p_id=job_id, p_now=utcnow(), p_run_at=run_at, **_error_values(error))
 
     def kill(self, job_id: str, error: JobError) -> None:
         """Dead-letter a job: no more attempts; its message goes to the dead-letter queue."""
-        now = utcnow()
-        with self.engine.begin() as connection:
-            previous = connection.execute(
-                sa.select(jobs.c.state, jobs.c.queue).where(jobs.c.id == job_id).with_for_update()
-            ).first()
-            if previous is None or previous.state in FINAL_STATES:
-                return
-            connection.execute(
-                jobs.update()
-                .where(jobs.c.id == job_id)
-                .values(state=DEAD, finished_at=now, updated_at=now, **_error_values(error))
-            )
-            if previous.state == DISPATCHED:
-                _release_budget(connection, previous.queue, 1)
+        self._run(_KILL, p_id=job_id, p_now=utcnow(), **_error_values(error))
 
     def defer(self, job_id: str, until: datetime) -> None:
         """Send a dispatched job back to the backlog until ``until``, without counting an attempt."""
-        with self.engine.begin() as connection:
-            row = connection.execute(
-                sa.select(jobs.c.state, jobs.c.queue).where(jobs.c.id == job_id).with_for_update()
-            ).first()
-            if row is None or row.state != DISPATCHED:
-                return
-            connection.execute(
-                jobs.update()
-                .where(jobs.c.id == job_id)
-                .values(state=PENDING, next_run_at=until, dispatched_at=None, updated_at=utcnow())
-            )
-            _release_budget(connection, row.queue, 1)
+        self._run(_DEFER, p_id=job_id, p_now=utcnow(), p_run_at=until)
 
     def mark_cancelled(self, job_id: str) -> None:
         """Record that a running job was interrupted by its cancel request."""
-        now = utcnow()
-        self._finish_running(job_id, state=CANCELLED, finished_at=now, updated_at=now)
+        self._run(_MARK_CANCELLED, p_id=job_id, p_now=utcnow())
 
     def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
         """Store a running job's progress."""
-        with self.engine.begin() as connection:
-            connection.execute(
-                jobs.update()
-                .where(jobs.c.id == job_id, jobs.c.state == RUNNING)
-                .values(progress=progress, updated_at=utcnow())
-            )
+        self._run(_PROGRESS, p_id=job_id, p_now=utcnow(), p_progress=progress)
 
-    def _finish_running(self, job_id: str, **values: Any) -> None:
-        with self.engine.begin() as connection:
-            connection.execute(
-                jobs.update().where(jobs.c.id == job_id, jobs.c.state == RUNNING).values(**values)
-            )
+    def _run(self, statement: sa.Update, **parameters: Any) -> None:
+        """Run a one-statement transition (on PostgreSQL in autocommit: one round trip, not three)."""
+        with self._single_statement.begin() as connection:
+            connection.execute(statement, parameters)
 
     # -- operator-side transitions -------------------------------------------------------------------
 
@@ -312,22 +259,16 @@ class JobStore:
         """
         now = utcnow()
         with self.engine.begin() as connection:
-            row = connection.execute(
-                sa.select(jobs.c.state, jobs.c.queue).where(jobs.c.id == job_id).with_for_update()
-            ).first()
-            if row is None:
-                raise JobNotFound(f"no job with id {job_id!r}")
-            if row.state in (*BACKLOG_STATES, DISPATCHED):
+            cancelled = connection.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.state.in_((*BACKLOG_STATES, DISPATCHED)))
+                .values(state=CANCELLED, finished_at=now, updated_at=now)
+            ).rowcount
+            if not cancelled:
                 connection.execute(
                     jobs.update()
-                    .where(jobs.c.id == job_id)
-                    .values(state=CANCELLED, finished_at=now, updated_at=now)
-                )
-                if row.state == DISPATCHED:
-                    _release_budget(connection, row.queue, 1)
-            elif row.state == RUNNING:
-                connection.execute(
-                    jobs.update().where(jobs.c.id == job_id).values(cancel_requested=True, updated_at=now)
+                    .where(jobs.c.id == job_id, jobs.c.state == RUNNING)
+                    .values(cancel_requested=True, updated_at=now)
                 )
         return self.get(job_id)
 
@@ -365,18 +306,51 @@ class JobStore:
 
 def _error_values(error: JobError) -> dict[str, Any]:
     return {
-        "error_type": error.type[:255],
-        "error_message": error.message[:10_000],
-        "error_traceback": (error.traceback or "")[-50_000:] or None,
+        "p_error_type": error.type[:255],
+        "p_error_message": error.message[:10_000],
+        "p_error_traceback": (error.traceback or "")[-50_000:] or None,
     }
 
 
-def _release_budget(connection: sa.Connection, queue: str, count: int) -> None:
-    connection.execute(
-        queues.update()
-        .where(queues.c.name == queue)
-        .values(in_flight=sa.case((queues.c.in_flight > count, queues.c.in_flight - count), else_=0))
+# Hot-path statements are built once: building one costs more than running it.
+_NOW: sa.BindParameter[datetime] = sa.bindparam("p_now")
+_ERROR: dict[str, Any] = {
+    "error_type": sa.bindparam("p_error_type"),
+    "error_message": sa.bindparam("p_error_message"),
+    "error_traceback": sa.bindparam("p_error_traceback"),
+}
+
+
+def _transition(*conditions: sa.ColumnElement[bool], **values: Any) -> sa.Update:
+    return (
+        jobs.update().where(jobs.c.id == sa.bindparam("p_id"), *conditions).values(updated_at=_NOW, **values)
     )
+
+
+_NOT_FINAL = jobs.c.state.not_in(tuple(FINAL_STATES))
+_START = _transition(
+    _NOT_FINAL,
+    state=RUNNING,
+    attempts=jobs.c.attempts + 1,
+    started_at=_NOW,
+    worker_id=sa.bindparam("p_worker"),
+).returning(jobs.c.attempts, jobs.c.next_run_at)
+_SUCCEED = _transition(
+    jobs.c.state == RUNNING,
+    state=SUCCEEDED,
+    result=sa.bindparam("p_result", type_=sa.JSON),
+    result_path=sa.bindparam("p_result_path"),
+    finished_at=_NOW,
+)
+_RETRY = _transition(
+    jobs.c.state == RUNNING, state=RETRYING, next_run_at=sa.bindparam("p_run_at"), worker_id=None, **_ERROR
+)
+_KILL = _transition(_NOT_FINAL, state=DEAD, finished_at=_NOW, **_ERROR)
+_DEFER = _transition(
+    jobs.c.state == DISPATCHED, state=PENDING, next_run_at=sa.bindparam("p_run_at"), dispatched_at=None
+)
+_MARK_CANCELLED = _transition(jobs.c.state == RUNNING, state=CANCELLED, finished_at=_NOW)
+_PROGRESS = _transition(jobs.c.state == RUNNING, progress=sa.bindparam("p_progress", type_=sa.JSON))
 
 
 __all__ = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -51,7 +52,7 @@ class ReapedJob:
 
 @dataclasses.dataclass(frozen=True)
 class StaleDispatch:
-    """A dispatched job no worker started in time: its message is to be published again."""
+    """A dispatched job no worker started in time: its message may have to be published again."""
 
     id: str
     queue: str
@@ -163,45 +164,53 @@ class SchedulerQueries:
             ).all()
             reaped = []
             for row in rows:
-                if row.cancel_requested:
-                    values = {"state": CANCELLED, "finished_at": moment}
-                else:
-                    values = {"state": PENDING, "next_run_at": moment, "dispatched_at": None}
+                state = CANCELLED if row.cancel_requested else PENDING
+                values: dict[str, Any] = (
+                    {"finished_at": moment}
+                    if state == CANCELLED
+                    else {"next_run_at": moment, "dispatched_at": None}
+                )
                 changed = connection.execute(
                     jobs.update()
                     .where(jobs.c.id == row.id, jobs.c.state == RUNNING)
-                    .values(worker_id=None, updated_at=moment, **values)
+                    .values(state=state, worker_id=None, updated_at=moment, **values)
                 ).rowcount
                 if changed:
-                    reaped.append(ReapedJob(row.id, row.queue, row.worker_id, row.attempts, values["state"]))
+                    reaped.append(ReapedJob(row.id, row.queue, row.worker_id, row.attempts, state))
         return reaped
 
-    def claim_stale_dispatches(
+    def stale_dispatches(
         self, dispatch_timeout: float, limit: int, now: datetime | None = None
     ) -> list[StaleDispatch]:
-        """Dispatched jobs not started within ``dispatch_timeout`` seconds, to publish again.
-
-        Their ``dispatched_at`` is set to now in the same transaction, so each is published
-        again at most once per ``dispatch_timeout``. They stay ``dispatched`` and keep their
-        slot of the dispatch budget.
-        """
+        """Dispatched jobs no worker started within ``dispatch_timeout`` seconds, oldest first."""
         moment = now or utcnow()
         cutoff = moment - timedelta(seconds=dispatch_timeout)
-        with self.engine.begin() as connection:
+        with self.engine.connect() as connection:
             rows = connection.execute(
                 sa.select(jobs.c.id, jobs.c.queue, jobs.c.lane, jobs.c.message)
                 .where(jobs.c.state == DISPATCHED, jobs.c.dispatched_at < cutoff)
                 .order_by(jobs.c.dispatched_at, jobs.c.id)
                 .limit(limit)
-                .with_for_update(skip_locked=True)
             ).all()
-            if rows:
+        return [StaleDispatch(row.id, row.queue, row.lane, row.message) for row in rows]
+
+    def mark_redispatched(self, job_ids: Collection[str], now: datetime | None = None) -> int:
+        """Restart the dispatch clock of jobs just published again (if still dispatched).
+
+        So each is published again at most once per ``dispatch_timeout``. They stay
+        ``dispatched`` and keep their slot of the dispatch budget.
+        """
+        if not job_ids:
+            return 0
+        moment = now or utcnow()
+        with self.engine.begin() as connection:
+            return int(
                 connection.execute(
                     jobs.update()
-                    .where(jobs.c.id.in_([row.id for row in rows]), jobs.c.state == DISPATCHED)
+                    .where(jobs.c.id.in_(list(job_ids)), jobs.c.state == DISPATCHED)
                     .values(dispatched_at=moment, updated_at=moment)
-                )
-        return [StaleDispatch(row.id, row.queue, row.lane, row.message) for row in rows]
+                ).rowcount
+            )
 
     # -- leader gauges -------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ BACKLOG_STATES = (PENDING, RETRYING)
 _BACKLOG_WHERE = sa.text("state IN ('pending', 'retrying')")
 _FINAL_WHERE = sa.text("state IN ('succeeded', 'dead', 'cancelled')")
 _LIVE_WHERE = sa.text("state IN ('dispatched', 'running')")
+_DISPATCHED_WHERE = sa.text("state = 'dispatched'")
 
 
 def _ts(name: str, *, nullable: bool = True) -> sa.Column[object]:
@@ -84,6 +85,12 @@ jobs = sa.Table(
         sqlite_where=_LIVE_WHERE,
     ),
     sa.Index(
+        "ix_fairlane_jobs_dispatched",
+        "queue",
+        postgresql_where=_DISPATCHED_WHERE,
+        sqlite_where=_DISPATCHED_WHERE,
+    ),
+    sa.Index(
         "ix_fairlane_jobs_tenant_claim",
         "queue",
         "tenant",
@@ -96,12 +103,11 @@ jobs = sa.Table(
     sa.UniqueConstraint("tenant", "idempotency_key", name="uq_fairlane_jobs_idempotency"),
 )
 
-#: One row per actor queue: how many of its jobs are published but not yet started.
+#: One row per actor queue; admission rounds of a queue take turns by locking its row.
 queues = sa.Table(
     "fairlane_queues",
     metadata,
     sa.Column("name", sa.String(255), primary_key=True),
-    sa.Column("in_flight", sa.Integer, nullable=False, server_default="0"),
 )
 
 #: Stride scheduling state: the virtual time of each (queue, lane).

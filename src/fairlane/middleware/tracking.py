@@ -2,8 +2,8 @@
 
 A job cancelled before it started, or already finished (a duplicate delivery), is acked
 without running. A message with no ledger row, or for an actor this worker doesn't know,
-is dead-lettered with the reason. Each start frees a dispatch slot, so the queue's next
-backlog jobs are admitted right away.
+is dead-lettered with the reason. Each start frees a dispatch slot, so it asks the
+worker's admitter to admit the queue's next backlog jobs (off the job's own path).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Tracking(Middleware):
         message.options[ATTEMPT_OPTION] = start.attempt
         if start.runnable_since is not None:
             message.options[RUNNABLE_SINCE_OPTION] = start.runnable_since.timestamp()
-        broker.admit(broker.actor_queue_of(message.queue_name))  # type: ignore[attr-defined]
+        broker.request_admission(broker.actor_queue_of(message.queue_name))  # type: ignore[attr-defined]
 
     def before_nack(self, broker: Broker, message: MessageProxy) -> None:
         error: Any = getattr(message, "_exception", None)

@@ -71,10 +71,18 @@ class MetricsServer:
 
 
 def start_metrics_server(port: int, collector: Collector, addr: str = "0.0.0.0") -> MetricsServer | None:
-    """Serve ``collector`` at ``http://addr:port/metrics`` from a daemon thread (``port`` 0: don't)."""
+    """Serve ``collector`` at ``http://addr:port/metrics`` from a daemon thread (``port`` 0: don't).
+
+    Returns None, after logging why, if the port can't be bound.
+    """
     if port == 0:
         return None
-    server, thread = start_http_server(port, addr=addr, registry=collector)
+    try:
+        server, thread = start_http_server(port, addr=addr, registry=collector)
+    except OSError as error:
+        # Metrics are not worth stopping the work for; the scrape's absence alerts instead.
+        logger.error("event=metrics_server_failed port=%d error=%r", port, str(error))
+        return None
     logger.info("event=metrics_server_started port=%d", port)
     return MetricsServer(server, thread)
 

@@ -100,10 +100,15 @@ class HealthServer:
 
 
 def start_health_server(port: int, checks: HealthChecks) -> HealthServer | None:
-    """Serve ``checks`` on ``port`` (0: don't)."""
+    """Serve ``checks`` on ``port`` (0: don't). Returns None, after logging why, if it can't bind."""
     if port == 0:
         return None
-    return HealthServer(port, checks).start()
+    try:
+        server = HealthServer(port, checks)
+    except OSError as error:
+        logger.error("event=health_server_failed port=%d error=%r", port, str(error))
+        return None
+    return server.start()
 
 
 __all__ = ["HealthChecks", "HealthServer", "Verdict", "start_health_server"]

@@ -14,6 +14,7 @@ the lock is free.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -42,6 +43,9 @@ class LeaderLock(Protocol):
 
     def release(self) -> None:
         """Give the lock up (no error if not held)."""
+
+    def close(self) -> None:
+        """Give the lock up and free what holding it needed (connections, files)."""
 
 
 class PostgresLeaderLock:
@@ -101,10 +105,8 @@ class PostgresLeaderLock:
     def release(self) -> None:
         if self._connection is None:
             return
-        try:
+        with contextlib.suppress(sa.exc.SQLAlchemyError):  # if the session is gone, so is the lock
             self._connection.execute(sa.text("SELECT pg_advisory_unlock(:id)"), {"id": self.lock_id})
-        except sa.exc.SQLAlchemyError:
-            pass  # the session is gone, and the lock with it
         self._drop()
 
     def close(self) -> None:

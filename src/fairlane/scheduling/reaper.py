@@ -1,0 +1,115 @@
+"""The stale-job reaper: recover jobs a dead worker held, and dispatches nobody picked up.
+
+* A ``running`` job that started more than ``heartbeat_timeout`` seconds ago on a worker
+  whose heartbeat is older than that (or gone) goes back to ``pending``, runnable now, and
+  is admitted again; the attempt it used stays counted. (A job whose cancel was requested
+  is ``cancelled`` instead.) This recovers a job whatever became of its message: RabbitMQ
+  redelivers the unacked message of a worker whose connection closed, but not that of a
+  worker that hangs, or one partitioned from the ledger but not from RabbitMQ.
+* A ``dispatched`` job no worker started within ``dispatch_timeout`` seconds is published
+  again, once per ``dispatch_timeout``: its message was lost (a purged or deleted queue, a
+  broker failure). It is re-published only while its lane queue has consumers and no ready
+  messages; otherwise the message may simply be waiting in that queue, and another copy
+  would only run the job twice. It stays ``dispatched`` and keeps its dispatch-budget slot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from datetime import datetime
+
+import pika
+from dramatiq.errors import ConnectionClosed
+from dramatiq.message import Message
+
+from fairlane.app import App
+from fairlane.ledger.database import utcnow
+from fairlane.ledger.reaping import ReapedJob, SchedulerQueries, StaleDispatch
+from fairlane.ledger.schema import PENDING
+
+logger = logging.getLogger("fairlane.scheduler")
+
+#: Jobs handled per transaction by the reaper.
+REAP_BATCH = 500
+
+
+@dataclasses.dataclass
+class ReaperReport:
+    """What one reaper run did."""
+
+    reaped: list[ReapedJob] = dataclasses.field(default_factory=list)
+    republished: list[str] = dataclasses.field(default_factory=list)
+    waiting: int = 0  # stale dispatches left alone (lane queue has ready messages or no consumers)
+
+
+def run_reaper(app: App, now: datetime | None = None) -> ReaperReport:
+    """Reap abandoned running jobs and re-publish lost dispatches as of ``now``."""
+    moment = now or utcnow()
+    settings = app.settings
+    queries = SchedulerQueries(app.engine)
+    report = ReaperReport()
+    while True:
+        batch = queries.reap_abandoned(settings.heartbeat_timeout, REAP_BATCH, now=moment)
+        report.reaped += batch
+        if len(batch) < REAP_BATCH:
+            break
+    for job in report.reaped:
+        logger.warning(
+            "event=job_reaped job=%s queue=%s worker=%s attempts=%d now=%s",
+            job.id,
+            job.queue,
+            job.worker_id,
+            job.attempts,
+            job.state,
+        )
+    for queue in sorted({job.queue for job in report.reaped if job.state == PENDING}):
+        app.broker.declare_queue(queue)
+        app.broker.admit(queue)
+
+    stale = queries.stale_dispatches(settings.dispatch_timeout, REAP_BATCH, now=moment)
+    publishable = _publishable_lanes(app, {(job.queue, job.lane) for job in stale})
+    for dispatch in stale:
+        if (dispatch.queue, dispatch.lane) not in publishable:
+            report.waiting += 1
+            continue
+        if _republish(app, dispatch):
+            report.republished.append(dispatch.id)
+    queries.mark_redispatched(report.republished, now=moment)
+    if report.waiting:
+        logger.info(
+            "event=stale_dispatches_waiting count=%d reason='lane queue has ready messages or no consumers'",
+            report.waiting,
+        )
+    return report
+
+
+def _publishable_lanes(app: App, lanes: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    publishable = set()
+    for queue, lane in sorted(lanes):
+        try:
+            app.broker.declare_queue(queue, ensure=True)
+            declared = app.broker.channel.queue_declare(app.broker.lane_queue_name(queue, lane), passive=True)
+        except (pika.exceptions.AMQPError, ConnectionClosed, OSError) as error:
+            logger.warning(
+                "event=lane_queue_unreadable queue=%s lane=%s error=%s", queue, lane, type(error).__name__
+            )
+            continue
+        if declared.method.consumer_count > 0 and declared.method.message_count == 0:
+            publishable.add((queue, lane))
+    return publishable
+
+
+def _republish(app: App, job: StaleDispatch) -> bool:
+    try:
+        app.broker.publish(Message.decode(job.message.encode()))
+    except (pika.exceptions.AMQPError, ConnectionClosed, OSError) as error:
+        logger.warning(
+            "event=republish_failed job=%s queue=%s error=%s", job.id, job.queue, type(error).__name__
+        )
+        return False
+    logger.warning("event=job_republished job=%s queue=%s lane=%s", job.id, job.queue, job.lane)
+    return True
+
+
+__all__ = ["REAP_BATCH", "ReaperReport", "run_reaper"]

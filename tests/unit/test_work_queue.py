@@ -1,0 +1,32 @@
+"""The worker's in-memory queue serves higher lanes first, FIFO within a lane."""
+
+from __future__ import annotations
+
+from dramatiq.message import Message
+from dramatiq.worker import _WorkQueueItem
+
+from fairlane.work_queue import LaneWorkQueue
+
+
+def _item(queue_name: str, label: str) -> _WorkQueueItem:
+    message = Message(queue_name=queue_name, actor_name="a", args=(label,), kwargs={}, options={})
+    return _WorkQueueItem(0, message)  # type: ignore[arg-type]
+
+
+def test_urgent_overtakes_prefetched_lower_lanes() -> None:
+    # Given low and normal messages already waiting in a worker's memory
+    queue = LaneWorkQueue({"urgent": 0, "high": 1, "normal": 2, "low": 3})
+    for name, label in [
+        ("q.low", "low-1"),
+        ("q.normal", "normal-1"),
+        ("q.low", "low-2"),
+        ("q.normal", "normal-2"),
+    ]:
+        queue.put(_item(name, label))
+
+    # When an urgent message arrives last
+    queue.put(_item("q.urgent", "urgent"))
+
+    # Then it is served first, then normal before low, each lane in arrival order
+    order = [queue.get().message.args[0] for _ in range(5)]
+    assert order == ["urgent", "normal-1", "normal-2", "low-1", "low-2"]
