@@ -1,4 +1,4 @@
-"""The ``fairlane`` command: worker, scheduler, jobs, dead letters and the demo."""
+"""The ``fairlane`` command: worker, scheduler, jobs, tenants, dead letters and the demo."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from fairlane.errors import JobNotFound, SettingsError
 from fairlane.ledger.database import utcnow
 from fairlane.ledger.jobs import Job
 
-console = Console()
+# Piped output keeps whole job ids on one line (rich would squeeze them into 80 columns).
+console = Console(width=None if sys.stdout.isatty() else 200)
 _DURATION = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -103,7 +104,7 @@ def _print_job(job: Job, message: str | None = None) -> None:
 def _jobs_table(jobs: Sequence[Job], *, title: str) -> Table:
     table = Table(title=title)
     for column in ("id", "actor", "tenant", "priority", "state", "attempts", "enqueued", "error"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "id", min_width=36 if column == "id" else None)
     for job in jobs:
         error = f"{job.error.type}: {job.error.message}"[:60] if job.error else ""
         table.add_row(
@@ -222,6 +223,48 @@ def _known_queues(app: App, only: str | None) -> list[str]:
     return [only] if only else app.admission.known_queues()
 
 
+# -- tenants --------------------------------------------------------------------------------------------
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.0f} ms" if value is not None else "-"
+
+
+def _cmd_tenants(args: argparse.Namespace) -> int:
+    from fairlane import tenants
+
+    rows = tenants.stats(queue=args.queue)
+    table = Table(title=f"{len(rows)} tenants" + (f" on queue {args.queue}" if args.queue else ""))
+    for column in ("tenant", "backlog", "running", "weight", "cap", "wait p50", "wait p99"):
+        table.add_column(column, justify="left" if column == "tenant" else "right")
+    for row in rows:
+        table.add_row(
+            row.tenant,
+            str(row.backlog),
+            str(row.running),
+            f"{row.weight:g}",
+            str(row.cap) if row.cap is not None else "-",
+            _ms(row.wait_p50_ms),
+            _ms(row.wait_p99_ms),
+        )
+    console.print(table)
+    console.print("running = dispatched + running; waits: jobs finished in the last 5 minutes")
+    return 0
+
+
+def _cmd_tenants_set(args: argparse.Namespace) -> int:
+    from fairlane import tenants
+
+    if args.weight is None and args.cap is None and not args.no_cap:
+        raise SystemExit("tenants set: give --weight, --cap or --no-cap")
+    if args.weight is not None:
+        tenants.set_weight(args.tenant, args.weight)
+    if args.cap is not None or args.no_cap:
+        tenants.set_cap(args.tenant, None if args.no_cap else args.cap)
+    console.print(f"tenant {args.tenant}: updated (workers apply it within seconds)")
+    return 0
+
+
 # -- demo -----------------------------------------------------------------------------------------------
 
 
@@ -288,6 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("--actor", "--tenant", "--queue"):
         purge.add_argument(name)
     purge.set_defaults(handler=_cmd_dlq_purge)
+
+    tenants = commands.add_parser("tenants", help="tenants: backlog, running, weight, cap, recent waits")
+    tenants.add_argument("--queue")
+    tenants.set_defaults(handler=_cmd_tenants)
+    tenant_commands = tenants.add_subparsers(dest="tenants_command")
+    tenant_set = tenant_commands.add_parser("set", help="set a tenant's weight and/or cap")
+    tenant_set.add_argument("tenant")
+    tenant_set.add_argument("--weight", type=float)
+    cap = tenant_set.add_mutually_exclusive_group()
+    cap.add_argument("--cap", type=int)
+    cap.add_argument("--no-cap", action="store_true", help="back to the queue's default cap")
+    tenant_set.set_defaults(handler=_cmd_tenants_set)
 
     demo = commands.add_parser("demo", help="a mixed multi-tenant workload on an embedded worker")
     demo.add_argument("--seconds", type=float, default=45.0, help="upper bound on the demo's run time")

@@ -74,7 +74,7 @@ def raw_dead_letters(app: App, queue: str) -> list[RawDeadLetter]:
         if job_id is None or job_id not in dead_ids:
             found.append(
                 RawDeadLetter(
-                    queue, _reason(properties), _dead_at(properties), body[:200].decode(errors="replace")
+                    queue, _reason(properties), dead_at_of(properties), body[:200].decode(errors="replace")
                 )
             )
         return False
@@ -137,7 +137,7 @@ def _remove_raw_dead_letters(app: App, queue: str, before: datetime) -> int:
     dead_ids = {job.id for job in app.jobs.dead_jobs(queue=queue)}
 
     def _is_old_raw(job_id: str | None, properties: pika.BasicProperties, _body: bytes) -> bool:
-        dead_at = _dead_at(properties)
+        dead_at = dead_at_of(properties)
         return (job_id is None or job_id not in dead_ids) and dead_at is not None and dead_at < before
 
     return _sweep_dead_letter_queue(app, queue, _is_old_raw)
@@ -160,7 +160,7 @@ def _sweep_dead_letter_queue(
             method, properties, body = channel.basic_get(name, auto_ack=False)
             if method is None:
                 break
-            if remove(_job_id_of(body), properties, body):
+            if remove(job_id_of(body), properties, body):
                 channel.basic_ack(method.delivery_tag)
                 removed += 1
     finally:
@@ -168,7 +168,8 @@ def _sweep_dead_letter_queue(
     return removed
 
 
-def _job_id_of(body: bytes) -> str | None:
+def job_id_of(body: bytes) -> str | None:
+    """The job id in a dead letter's body, if it is a decodable Dramatiq message."""
     try:
         decoded: Any = json.loads(body)
     except ValueError:
@@ -193,7 +194,8 @@ def _reason(properties: pika.BasicProperties) -> str:
     return f"rejected by the worker ({death_reason}); no job is recorded for it (e.g. an undeclared actor)"
 
 
-def _dead_at(properties: pika.BasicProperties) -> datetime | None:
+def dead_at_of(properties: pika.BasicProperties) -> datetime | None:
+    """When a dead letter died: RabbitMQ's x-death time, else when fairlane dead-lettered it."""
     headers = properties.headers or {}
     deaths = headers.get("x-death") or []
     if deaths and isinstance(deaths[0].get("time"), datetime):

@@ -284,3 +284,29 @@ def test_invalid_duration_exits_with_status_2(
         run_cli("dlq", command, "--older-than", "5x")
     assert refused.value.code == 2
     assert "'5x' is not a duration like 90s, 30m, 12h or 7d" in capsys.readouterr().err
+
+
+def test_tenants_set_and_list(app: App, queue: str, tenant: str, run_cli: Cli) -> None:
+    # Given a tenant with a backlog (no worker runs)
+    @fairlane.actor(queue_name=queue)
+    def noop() -> None:
+        pass
+
+    noop.send_many([()] * 3, tenant=tenant)
+
+    # When its weight and cap are set from the command line
+    code, out = run_cli("tenants", "set", tenant, "--weight", "5", "--cap", "2")
+    assert code == 0 and "updated" in out
+
+    # Then the listing shows them with the jobs in flight
+    code, out = run_cli("tenants", "--queue", queue)
+    row = next(line for line in out.splitlines() if tenant in line)
+    assert code == 0
+    assert re.search(rf"{tenant}\s*│\s*0\s*│\s*3\s*│\s*5\s*│\s*2\s*│", row), row
+
+    # And --no-cap clears the cap; a set with nothing to set is refused
+    assert run_cli("tenants", "set", tenant, "--no-cap")[0] == 0
+    assert fairlane.tenants.stats(queue=queue)[0].cap is None
+    with pytest.raises(SystemExit):
+        run_cli("tenants", "set", tenant)
+    assert run_cli("tenants", "set", tenant, "--weight", "-1")[0] == 1

@@ -44,7 +44,7 @@ def test_job_of_a_worker_killed_with_sigkill_is_reaped_and_runs_again(
     broker_url: str, postgres_url: str, tmp_path: Path
 ) -> None:
     # Given a worker process (heartbeat every 0.2 s) running a job that waits for a release file,
-    # and a reaper that calls a heartbeat older than 1 s stale
+    # and a reaper that calls a heartbeat older than 2 s stale
     queue = f"reap_{uuid.uuid4().hex[:10]}"
     app = fairlane.configure(
         fairlane.Settings(
@@ -52,7 +52,7 @@ def test_job_of_a_worker_killed_with_sigkill_is_reaped_and_runs_again(
             database_url=postgres_url,
             results_dir=tmp_path / "results",
             admission_interval=0.05,
-            heartbeat_timeout=1.0,
+            heartbeat_timeout=2.0,
         )
     )
     _slow_step, held_step = declare(queue)
@@ -87,7 +87,7 @@ def test_job_of_a_worker_killed_with_sigkill_is_reaped_and_runs_again(
         worker_id = f"{socket.gethostname()}:{process.pid}"
 
         # When the reaper runs while the worker lives (and the job has run longer than the timeout)
-        time.sleep(1.2)
+        time.sleep(2.3)
         # Then it leaves the job alone: its worker's heartbeat is fresh
         assert [job for job in run_reaper(app).reaped if job.queue == queue] == []
         assert app.jobs.get(job_id).state == "running"

@@ -203,16 +203,18 @@ class JobStore:
 
     # -- worker-side transitions ---------------------------------------------------------------------
 
-    def start(self, job_id: str, worker_id: str) -> Start:
+    def start(self, job_id: str, worker_id: str, *, redelivered: bool = False) -> Start:
         """Mark a received job running and count the attempt, unless it must not run.
 
-        A dispatched job so leaves the queue's dispatch budget. A job already running (its
-        worker died and RabbitMQ redelivered the message) runs again. Cancelled and finished
-        jobs are skipped.
+        A dispatched job so leaves the queue's dispatch budget. A job already running runs
+        again only if RabbitMQ ``redelivered`` its message (its worker's connection died);
+        another copy of a running job's message (a re-publish) is skipped, so the job never
+        runs twice at once on healthy workers. Cancelled and finished jobs are skipped.
         """
+        statement = _START_REDELIVERED if redelivered else _START
         with self._single_statement.begin() as connection:
             row = connection.execute(
-                _START, {"p_id": job_id, "p_now": utcnow(), "p_worker": worker_id}
+                statement, {"p_id": job_id, "p_now": utcnow(), "p_worker": worker_id}
             ).first()
             if row is not None:
                 return Start(StartDecision.RUN, row.attempts, as_utc(row.next_run_at))
@@ -328,13 +330,16 @@ def _transition(*conditions: sa.ColumnElement[bool], **values: Any) -> sa.Update
 
 
 _NOT_FINAL = jobs.c.state.not_in(tuple(FINAL_STATES))
-_START = _transition(
-    _NOT_FINAL,
-    state=RUNNING,
-    attempts=jobs.c.attempts + 1,
-    started_at=_NOW,
-    worker_id=sa.bindparam("p_worker"),
-).returning(jobs.c.attempts, jobs.c.next_run_at)
+_STARTED: dict[str, Any] = {
+    "state": RUNNING,
+    "attempts": jobs.c.attempts + 1,
+    "started_at": _NOW,
+    "worker_id": sa.bindparam("p_worker"),
+}
+_START = _transition(jobs.c.state.in_((*BACKLOG_STATES, DISPATCHED)), **_STARTED).returning(
+    jobs.c.attempts, jobs.c.next_run_at
+)
+_START_REDELIVERED = _transition(_NOT_FINAL, **_STARTED).returning(jobs.c.attempts, jobs.c.next_run_at)
 _SUCCEED = _transition(
     jobs.c.state == RUNNING,
     state=SUCCEEDED,

@@ -40,15 +40,19 @@ class Tracking(Middleware):
         self.worker_id = default_worker_id()
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
-        start = self.jobs.start(message.message_id, self.worker_id)
+        start = self.jobs.start(
+            message.message_id, self.worker_id, redelivered=bool(getattr(message, "redelivered", False))
+        )
         if start.decision is StartDecision.UNKNOWN:
             reason = f"no ledger row for job {message.message_id}"
             logger.error("event=message_dead_lettered job=%s reason=%r", message.message_id, reason)
             broker.dead_letter_raw(message.queue_name, message.encode(), reason)  # type: ignore[attr-defined]
             raise SkipMessage(reason)
         if start.decision is StartDecision.SKIP:
-            logger.info("event=job_skipped job=%s reason='cancelled or already finished'", message.message_id)
-            raise SkipMessage("cancelled or already finished")
+            logger.info(
+                "event=job_skipped job=%s reason='cancelled, finished or running'", message.message_id
+            )
+            raise SkipMessage("cancelled, finished or already running")
         message.options[ATTEMPT_OPTION] = start.attempt
         if start.runnable_since is not None:
             message.options[RUNNABLE_SINCE_OPTION] = start.runnable_since.timestamp()

@@ -31,7 +31,7 @@ import pika
 
 from fairlane.app import App
 from fairlane.broker import dead_letter_queue_name
-from fairlane.dead_letters import _dead_at, _job_id_of
+from fairlane.dead_letters import dead_at_of, job_id_of
 from fairlane.ledger.database import utcnow
 from fairlane.ledger.reaping import ExpiredJob, SchedulerQueries
 from fairlane.ledger.schema import CANCELLED, DEAD, SUCCEEDED
@@ -158,11 +158,11 @@ def sweep_dead_letter_queue(
             method, properties, body = channel.basic_get(name, auto_ack=False)
             if method is None:
                 break
-            job_id = _job_id_of(body)
+            job_id = job_id_of(body)
             if job_id is not None and job_id in expired_ids:
                 remove.append(method.delivery_tag)
                 continue
-            dead_at = _dead_at(properties)
+            dead_at = dead_at_of(properties)
             if dead_at is not None and dead_at < cutoff:
                 old.append((method.delivery_tag, job_id))
         still_dead = queries.dead_ids_among({job_id for _tag, job_id in old if job_id is not None})

@@ -25,9 +25,7 @@ from fairlane.observability.catalog import (
     DEAD_LETTERS,
     LANE_CONSUMERS,
     LANE_QUEUE_DEPTH,
-    LEADER_REGISTRY,
     OLDEST_PENDING_AGE_SECONDS,
-    SCHEDULER_IS_LEADER,
     SCHEDULER_LAST_SUCCESS_TIMESTAMP_SECONDS,
     TENANTS_WITH_BACKLOG,
     WORKERS,
@@ -99,17 +97,4 @@ def export_leader_gauges(app: App, now: datetime | None = None) -> None:
     LANE_CONSUMERS.replace(consumers)
 
 
-def leader_gauges_text() -> str:
-    """The leader registry in the Prometheus text format (for logs and tests)."""
-    from prometheus_client import generate_latest
-
-    return generate_latest(LEADER_REGISTRY).decode()
-
-
-__all__ = [
-    "LEADER_ONLY_GAUGES",
-    "SCHEDULER_IS_LEADER",
-    "clear_leader_gauges",
-    "export_leader_gauges",
-    "leader_gauges_text",
-]
+__all__ = ["LEADER_ONLY_GAUGES", "clear_leader_gauges", "export_leader_gauges"]
