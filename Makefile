@@ -33,6 +33,7 @@ lint: install
 
 bench: install services
 	$(BIN)/python bench/latency_throughput.py
+	$(BIN)/python bench/fairness.py
 
 clean:
 	rm -rf $(VENV) .fairlane .pytest_cache .mypy_cache .ruff_cache

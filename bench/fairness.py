@@ -127,7 +127,7 @@ RPM, TPM, API_LATENCY_MS = 450, 450_000, 20.0
 #: Dramatiq drains 2 ms jobs far faster, so its share batches are this much larger (several windows).
 DRAMATIQ_SCALE = 16
 
-console = Console(width=max(Console().width, 120))
+console = Console(width=max(Console().width, 132))
 
 
 # -- sizes ------------------------------------------------------------------------------------------
@@ -355,7 +355,7 @@ def stop_workers(run: Run, workers: list[WorkerProcess]) -> None:
     for worker in workers:
         worker.stop()
     for worker in workers:
-        run.problems.extend(problems_in(worker))
+        run.problems.extend(f"{worker.log.stem}: {line}" for line in problems_in(worker))
 
 
 @contextlib.contextmanager
@@ -1196,6 +1196,20 @@ def _versions() -> str:
     )
 
 
+def _source_version() -> str:
+    """The git commit of the working tree (with ``+changes`` when it differs from it)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=BENCH_DIR, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=BENCH_DIR, capture_output=True, text=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+changes" if dirty.stdout.strip() else "")
+
+
 def print_header(run: Run) -> None:
     console.print(
         f"date {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M:%S %Z} · {platform.machine()} · "
@@ -1208,9 +1222,11 @@ def print_header(run: Run) -> None:
         if run.args.ledger == "postgresql"
         else "SQLite (a temporary file per phase)"
     )
+    from fairlane.settings import load_settings
+
     console.print(
-        f"fairlane ledger: {ledger}; dispatch budget 16, prefetch 1 per thread; scenarios: "
-        f"{', '.join(run.args.scenario)}"
+        f"fairlane ledger: {ledger}; dispatch budget {load_settings().dispatch_budget}, prefetch 1 per "
+        f"thread; source {_source_version()}; scenarios: {', '.join(run.args.scenario)}"
     )
     for line in (
         "baselines: Dramatiq = stock RabbitmqBroker, default middleware, prefetch 2/thread, FIFO queue, "
@@ -1228,6 +1244,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scenario", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     parser.add_argument("--quick", action="store_true", help="about a tenth of the sizes, for a fast check")
     parser.add_argument("--ledger", choices=("postgresql", "sqlite"), default="postgresql")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (worker logs)")
     parser.add_argument("--reps", type=int, default=None, help="throughput repetitions (default 2, quick 1)")
     parser.add_argument(
         "--drain-cap",
@@ -1271,7 +1288,10 @@ def main(argv: list[str] | None = None) -> int:
     targets: list[Target] = []
     tables: list[Table] = []
     with contextlib.ExitStack() as cleanup:
-        cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
+        if args.keep:
+            cleanup.callback(console.print, f"[dim]worker logs kept in {workdir}[/]")
+        else:
+            cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
         cleanup.callback(_delete_queues_or_say, run.queues)
         print_header(run)
         selected = set(args.scenario)

@@ -206,7 +206,7 @@ def run_demo(console: Console, seconds: float = 45.0) -> int:
         f"{NOISY_TENANT} floods {NOISY_BATCHES} ingest batches; {', '.join(LIGHT_TENANTS)} "
         "send a few batches and webhooks (some urgent, some flaky, one to a 404)."
     )
-    logging.getLogger("fairlane").setLevel(logging.WARNING)
+    logging.getLogger("fairlane").setLevel(logging.ERROR)  # retries and the dead letter are expected here
     logging.getLogger("dramatiq").setLevel(logging.CRITICAL)  # expected failures would flood the screen
     deadline = time.monotonic() + seconds
     with _webhook_sink() as sink:

@@ -15,10 +15,11 @@ slot, no retry spent) until it can. :func:`settle` corrects the token charge onc
 count is known; :func:`pause` stops a key for every worker (an API's 429 with Retry-After).
 
 The budget is a GCRA per dimension with emission interval ``T = 60 s / (limit - burst)``
-and tolerance ``burst * T``, where ``burst`` is one request, or the largest token estimate a
-job may carry (1% of the per-minute token limit). That bound makes the sum over any 60 s
-window at most the limit, whatever the timing: requests use ``(limit - 1) / limit`` of their
-budget (99.8% at 450/min), tokens 99%.
+and tolerance ``burst * T``, where ``burst`` is 1% of the per-minute limit (requests: at
+least 1, at most 5; tokens: also the largest estimate one job may carry). That bound makes
+the sum over any 60 s window at most the limit, whatever the timing, while the burst lets an
+admission that came late catch up: requests use at least 99% of their budget (450/min:
+445.5), tokens 99%.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ import math
 from fairlane.settings import RateLimit
 
 WINDOW = 60.0
-#: Share of a per-minute token limit that one job's estimate may be at most.
+#: Share of a per-minute token limit that one job's estimate may be at most; also the share of
+#: the request limit that may go out at once, so late admissions catch up (at most 5 requests).
 MAX_JOB_TOKEN_SHARE = 0.01
+MAX_REQUEST_BURST = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +76,8 @@ class Budget:
         if limit.tokens_per_minute is not None:
             max_job_tokens = max(1.0, limit.tokens_per_minute * MAX_JOB_TOKEN_SHARE)
             tokens = Dimension.for_limit(limit.tokens_per_minute, max_job_tokens)
-        return cls(Dimension.for_limit(limit.requests_per_minute, 1.0), tokens, max_job_tokens)
+        request_burst = min(MAX_REQUEST_BURST, max(1.0, limit.requests_per_minute * MAX_JOB_TOKEN_SHARE))
+        return cls(Dimension.for_limit(limit.requests_per_minute, request_burst), tokens, max_job_tokens)
 
     def spend(
         self, state: tuple[float, float], now: float, tokens: float

@@ -29,11 +29,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from fairlane.ledger.database import utcnow
 from fairlane.ledger.ratelimits import RateLimits
 from fairlane.ledger.schema import (
-    BACKLOG_STATES,
+    BACKLOG_PREDICATE,
     DEAD,
     DISPATCHED,
+    DISPATCHED_PREDICATE,
+    LIVE_PREDICATE,
     PENDING,
-    RUNNING,
     jobs,
     lanes,
     queues,
@@ -253,7 +254,7 @@ class Admission:
                 jobs.c.rate_key,
                 jobs.c.rate_tokens,
             )
-            .where(jobs.c.queue == queue, jobs.c.state.in_(BACKLOG_STATES), jobs.c.next_run_at <= now)
+            .where(jobs.c.queue == queue, BACKLOG_PREDICATE, jobs.c.next_run_at <= now)
             .order_by(jobs.c.lane_rank, jobs.c.stride_pass, jobs.c.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -409,7 +410,7 @@ class Admission:
     def _live_per_tenant(self, connection: sa.Connection, queue: str) -> Counter[str]:
         rows = connection.execute(
             sa.select(jobs.c.tenant, sa.func.count())
-            .where(jobs.c.queue == queue, jobs.c.state.in_((DISPATCHED, RUNNING)))
+            .where(jobs.c.queue == queue, LIVE_PREDICATE)
             .group_by(jobs.c.tenant)
         )
         return Counter({row[0]: int(row[1]) for row in rows})
@@ -511,9 +512,7 @@ class _Statements:
         lock = sa.select(queues.c.name).where(queues.c.name == queue)
         self.lock_queue = lock.with_for_update()
         self.try_lock_queue = lock.with_for_update(skip_locked=True)
-        self.dispatched_count = sa.select(sa.func.count()).where(
-            jobs.c.queue == queue, jobs.c.state == DISPATCHED
-        )
+        self.dispatched_count = sa.select(sa.func.count()).where(jobs.c.queue == queue, DISPATCHED_PREDICATE)
         now: sa.BindParameter[datetime] = sa.bindparam("p_now")
         self.dispatch = (
             jobs.update()

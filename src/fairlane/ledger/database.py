@@ -43,7 +43,14 @@ def create_ledger_engine(settings: Settings) -> sa.Engine:
     """
     if not settings.is_sqlite:
         # No pre-ping: it costs a round trip per checkout; stale connections are recycled instead.
-        return sa.create_engine(settings.sqlalchemy_url, pool_size=10, max_overflow=20, pool_recycle=1800)
+        # No server-side prepared statements: a generic plan can't see which partial index fits.
+        return sa.create_engine(
+            settings.sqlalchemy_url,
+            pool_size=10,
+            max_overflow=20,
+            pool_recycle=1800,
+            connect_args={"prepare_threshold": None},
+        )
 
     path = settings.database_url.removeprefix("sqlite:///")
     if path not in ("", ":memory:"):

@@ -18,10 +18,12 @@ FINAL_STATES = frozenset({SUCCEEDED, DEAD, CANCELLED})
 #: States whose jobs wait in the ledger backlog for admission.
 BACKLOG_STATES = (PENDING, RETRYING)
 
-_BACKLOG_WHERE = sa.text("state IN ('pending', 'retrying')")
+#: Predicates spelled exactly as the partial indexes' own, so PostgreSQL's planner can always
+#: prove a query may use those indexes (bound parameters would hide the states from it).
+BACKLOG_PREDICATE = _BACKLOG_WHERE = sa.text("state IN ('pending', 'retrying')")
 _FINAL_WHERE = sa.text("state IN ('succeeded', 'dead', 'cancelled')")
-_LIVE_WHERE = sa.text("state IN ('dispatched', 'running')")
-_DISPATCHED_WHERE = sa.text("state = 'dispatched'")
+LIVE_PREDICATE = _LIVE_WHERE = sa.text("state IN ('dispatched', 'running')")
+DISPATCHED_PREDICATE = _DISPATCHED_WHERE = sa.text("state = 'dispatched'")
 
 
 def _ts(name: str, *, nullable: bool = True) -> sa.Column[object]:
