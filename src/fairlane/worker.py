@@ -258,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ``fairlane worker --processes N`` starts these; run ``fairlane worker`` yourself instead.
     """
-    from fairlane.cli import _configure_logging
+    from fairlane.cli import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m fairlane.worker", description=main.__doc__)
     parser.add_argument("modules", nargs="+", metavar="MODULE")
@@ -267,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--status-dir", type=Path, required=True)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
+    configure_logging(args.verbose)
     return run_process(args.modules, args.threads, args.shutdown_timeout, status_dir=args.status_dir)
 
 

@@ -94,9 +94,9 @@ class _Round:
     """Mutable state of one admission round."""
 
     room: int
-    caps: dict[str, int | None]
-    live: Counter[str]
-    blocked_keys: dict[str, float]
+    caps: dict[str, int | None] = dataclasses.field(default_factory=dict)
+    live: Counter[str] = dataclasses.field(default_factory=Counter)
+    blocked_keys: dict[str, float] = dataclasses.field(default_factory=dict)
     deferred: Counter[str] = dataclasses.field(default_factory=Counter)
 
     def tenant_full(self, tenant: str) -> bool:
@@ -189,11 +189,11 @@ class Admission:
             room = budget - self._dispatched_count(connection, queue)
             if room <= 0:
                 return Admitted([])
-            state = _Round(room=room, caps={}, live=Counter(), blocked_keys={})
+            state = _Round(room=room)
             capped = self.settings.fairness and self._caps_apply(connection, queue)
             if capped:
                 state.live = self._live_per_tenant(connection, queue)
-                state.caps = self._caps(queue, state.live)
+                state.caps = self._caps(connection, queue, state.live)
             candidates = self._candidates(connection, queue, now, state, capped)
             contended = sum(1 for rows in candidates if rows) > 1
             stored_credits = self._credits(connection, queue) if contended else [0.0] * len(candidates)
@@ -237,7 +237,9 @@ class Admission:
                         connection.execute(self._backlog_query(queue, now, excluded, limit, rank))
                     )
         if capped:
-            state.caps.update(self._caps(queue, {row.tenant for rows in per_lane for row in rows}))
+            state.caps.update(
+                self._caps(connection, queue, {row.tenant for rows in per_lane for row in rows})
+            )
         return per_lane
 
     def _backlog_query(
@@ -402,9 +404,9 @@ class Admission:
             return True
         return any(cap is not None for _, cap in self.tenant_settings(connection).values())
 
-    def _caps(self, queue: str, names: Iterable[str]) -> dict[str, int | None]:
+    def _caps(self, connection: sa.Connection, queue: str, names: Iterable[str]) -> dict[str, int | None]:
         default = self.settings.queue_tenant_caps.get(queue, self.settings.tenant_cap)
-        configured = self.tenant_settings()
+        configured = self.tenant_settings(connection)
         return {name: configured.get(name, (1.0, None))[1] or default for name in names}
 
     def _live_per_tenant(self, connection: sa.Connection, queue: str) -> Counter[str]:
