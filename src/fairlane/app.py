@@ -1,4 +1,5 @@
-"""Builds fairlane's parts from settings: ledger engine, job store, admission, broker, middleware.
+"""Builds fairlane's parts from settings: ledger engine, job store, admission, broker, dispatcher,
+ledger writer and middleware.
 
 The app is built once per process, on first use (``get_app()``), from ``FAIRLANE_*``
 variables; ``configure()`` builds it from explicit settings instead (tests, the demo).
@@ -14,18 +15,20 @@ import sqlalchemy as sa
 from dramatiq.middleware import Callbacks, Pipelines, TimeLimit
 
 from fairlane.broker import FairlaneBroker
+from fairlane.dispatch import Dispatcher
 from fairlane.ledger.admission import Admission
 from fairlane.ledger.database import create_ledger_engine, migrate
 from fairlane.ledger.jobs import JobStore
 from fairlane.ledger.ratelimits import RateLimits
-from fairlane.middleware.admission import Admitter
+from fairlane.ledger.writer import LedgerWriter
 from fairlane.middleware.cancellation import Cancellation
 from fairlane.middleware.context import JobContext
 from fairlane.middleware.metrics import Metrics
 from fairlane.middleware.ratelimit import RateLimitPauses
 from fairlane.middleware.results import Results
 from fairlane.middleware.retries import Retries
-from fairlane.middleware.tracking import Tracking
+from fairlane.middleware.services import WorkerServices
+from fairlane.middleware.tracking import Tracking, default_worker_id
 from fairlane.settings import Settings, load_settings
 
 
@@ -39,9 +42,17 @@ class App:
     admission: Admission
     rate_limits: RateLimits
     broker: FairlaneBroker
+    writer: LedgerWriter
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """This process's dispatcher (admission rounds and their publishing)."""
+        return self.broker.dispatcher
 
     def close(self) -> None:
-        """Close broker connections and the ledger's connection pool."""
+        """Stop the dispatcher and the ledger writer, close broker connections and the ledger's pool."""
+        self.dispatcher.stop()
+        self.writer.stop()
         self.broker.close()
         self.engine.dispose()
 
@@ -53,20 +64,23 @@ def build_app(settings: Settings) -> App:
     jobs = JobStore(engine)
     rate_limits = RateLimits(engine, settings.rate_limits)
     admission = Admission(engine, settings, rate_limits)
+    writer = LedgerWriter(engine, default_worker_id())
     middleware = [
         RateLimitPauses(jobs, rate_limits),
-        Tracking(jobs),
+        Tracking(jobs, writer),
         Metrics(),
         JobContext(jobs),
-        Cancellation(jobs, settings.cancel_poll_interval),
+        Cancellation(jobs, writer, settings.cancel_poll_interval),
         TimeLimit(time_limit=settings.time_limit),
-        Results(jobs, settings),
-        Retries(jobs, settings),
+        Results(writer, settings),
+        Retries(writer, settings),
         Callbacks(),
         Pipelines(),
-        Admitter(settings.admission_interval),
     ]
     broker = FairlaneBroker(settings, admission, middleware)
+    # Starts free dispatch slots: after each flush the writer asks the dispatcher to refill them.
+    writer.on_started = broker.dispatcher.request
+    broker.add_middleware(WorkerServices(broker.dispatcher, writer))
     dramatiq.set_broker(broker)
     return App(
         settings=settings,
@@ -75,6 +89,7 @@ def build_app(settings: Settings) -> App:
         admission=admission,
         rate_limits=rate_limits,
         broker=broker,
+        writer=writer,
     )
 
 

@@ -4,17 +4,18 @@ Per actor queue ``Q`` there is one durable RabbitMQ queue per priority lane (``Q
 ``Q.high``, ``Q.normal``, ``Q.low``) and one dead-letter queue ``Q.XQ``. Dramatiq's delay
 queues are never declared: delays and retry backoffs wait in the ledger.
 
-:meth:`FairlaneBroker.enqueue` is the admission point. It validates the message, commits
-its ledger row, then publishes only as many of the queue's backlog jobs (in fair order) as
-the queue's dispatch budget allows.
+:meth:`FairlaneBroker.enqueue` is the admission point. It validates the message and commits
+its ledger row. If the queue is idle (a free dispatch slot, nothing due before it) the row is
+committed ``dispatched`` and the sender publishes it at once; otherwise the job waits in the
+ledger backlog and the queue's :class:`~fairlane.dispatch.Dispatcher` admits it in fair order.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -26,10 +27,11 @@ from dramatiq.errors import ActorNotFound, ConnectionClosed, DecodeError
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
+from fairlane.dispatch import Dispatcher
 from fairlane.errors import InvalidJob
 from fairlane.ledger.admission import Admission, AdmittedJob, NewJob
 from fairlane.ledger.database import utcnow
-from fairlane.observability.catalog import JOBS_DEFERRED, JOBS_ENQUEUED
+from fairlane.observability.catalog import JOBS_ENQUEUED
 from fairlane.settings import Settings
 from fairlane.validation import check_idempotency_key, check_tenant
 
@@ -38,8 +40,6 @@ logger = logging.getLogger("fairlane.broker")
 #: Header carrying why a message was dead-lettered without a ledger row to say it.
 REASON_HEADER = "x-fairlane-reason"
 _PERSISTENT = pika.BasicProperties(delivery_mode=2)
-#: How often a send tries for its queue's admission turn before leaving the job to the next round.
-_SEND_ADMISSION_TRIES = 5
 _PRECONDITION_FAILED = 406
 
 
@@ -55,13 +55,9 @@ class FairlaneBroker(RabbitmqBroker):
         super().__init__(url=settings.broker_url, confirm_delivery=True, middleware=middleware)
         self.settings = settings
         self.admission = admission
+        self.dispatcher = Dispatcher(admission, settings, self.publish_batch)
         self.lane_ranks = {lane: rank for rank, lane in enumerate(settings.lanes)}
         self.actor_queues: set[str] = set()
-        #: Per queue, when a job held back by a rate limit may next be affordable (epoch seconds).
-        self.next_admission_at: dict[str, float] = {}
-        #: Queues whose admission a worker thread asked for, and the event that wakes the admitter.
-        self.admission_requests: set[str] = set()
-        self.admission_wanted = threading.Event()
 
     @property
     def consumer_class(self) -> type[_RabbitmqConsumer]:
@@ -156,14 +152,35 @@ class FairlaneBroker(RabbitmqBroker):
           InvalidJob: the message cannot be accepted; nothing was stored.
         """
         job, stored = self._prepare(message, delay)
-        job_id, created = self.admission.accept(job)
-        if created:
+        accepted = self.admission.accept(job, self.dispatcher.budget(job.queue))
+        if accepted.created:
             JOBS_ENQUEUED.labels(queue=job.queue, actor=job.actor, lane=job.lane).inc()
-            self._admit_after_send(job.queue)
-        return stored if job_id == stored.message_id else stored.copy(message_id=job_id)
+            if accepted.dispatched:
+                self._publish_accepted(job, stored)
+            else:
+                self.dispatcher.request([job.queue])
+        if accepted.job_id == stored.message_id:
+            return stored
+        return stored.copy(message_id=accepted.job_id)
+
+    def _publish_accepted(self, job: NewJob, stored: Message[Any]) -> None:
+        """Publish a job its accept dispatched; if RabbitMQ refuses, the job waits in the backlog.
+
+        The send has succeeded either way: the job's row is committed, so it will run.
+        """
+        try:
+            self.publish(stored)
+        except (ConnectionClosed, pika.exceptions.AMQPError) as error:
+            self.admission.unadmit([job.id])
+            self.dispatcher.request([job.queue])
+            logger.warning(
+                "event=publish_failed queue=%s jobs=1 error=%s action='the job waits in the ledger'",
+                job.queue,
+                type(error).__name__,
+            )
 
     def enqueue_many(self, messages: Sequence[Message[Any]]) -> list[Message[Any]]:
-        """Validate and accept many messages in one ledger transaction, then admit their queues.
+        """Validate and accept many messages in one ledger transaction per 1,000, then admit their queues.
 
         All or nothing: if any message is invalid, :class:`InvalidJob` names it and none is stored.
         Idempotency keys and delays are not supported here; use :meth:`enqueue` for those.
@@ -178,53 +195,15 @@ class FairlaneBroker(RabbitmqBroker):
                 raise InvalidJob(f"message {index}: {error}") from None
         for start in range(0, len(prepared), 1000):
             self.admission.accept_many([job for job, _ in prepared[start : start + 1000]])
-        for job, _ in prepared:
-            JOBS_ENQUEUED.labels(queue=job.queue, actor=job.actor, lane=job.lane).inc()
+        counts = Counter((job.queue, job.actor, job.lane) for job, _ in prepared)
+        for (queue, actor, lane), count in counts.items():
+            JOBS_ENQUEUED.labels(queue=queue, actor=actor, lane=lane).inc(count)
         for queue in sorted({job.queue for job, _ in prepared}):
-            self._admit_after_send(queue)
+            # One round here fills an idle queue's free slots now; a busy queue's dispatchers were
+            # notified by the accept and take the rest in fair order.
+            if self.dispatcher.admit(queue, wait=False) is None:
+                self.dispatcher.request([queue])
         return [stored for _, stored in prepared]
-
-    def _admit_after_send(self, queue: str) -> None:
-        """Admit right away if the queue's turn is free; never queue behind another round for long.
-
-        A round under way elsewhere (a worker's admitter, under load) picks the job up next.
-        """
-        for _ in range(_SEND_ADMISSION_TRIES):
-            if self.admit(queue, wait=False) is not None:
-                return
-            time.sleep(0.002)
-
-    def request_admission(self, queue: str) -> None:
-        """Ask this process's admitter thread to run an admission round for ``queue`` soon."""
-        self.admission_requests.add(queue)
-        self.admission_wanted.set()
-
-    def admit(self, queue: str, *, wait: bool = True) -> int | None:
-        """Publish as many backlog jobs of ``queue`` as its dispatch budget allows; returns how many.
-
-        With ``wait=False``, returns None instead of waiting for another process's round.
-        """
-        round_ = self.admission.admit(queue, self.settings.dispatch_budget, wait=wait)
-        if round_ is None:
-            return None
-        if round_.retry_at is not None:
-            self.next_admission_at[queue] = round_.retry_at
-        for reason, count in round_.deferred.items():
-            JOBS_DEFERRED.labels(queue=queue, actor="", lane="", reason=reason).inc(count)
-        if not round_.jobs:
-            return 0
-        try:
-            self.publish_batch(queue, round_.jobs)
-        except (ConnectionClosed, pika.exceptions.AMQPError) as error:
-            self.admission.unadmit([job.id for job in round_.jobs])
-            logger.warning(
-                "event=publish_failed queue=%s jobs=%d error=%s action='jobs stay pending in the ledger'",
-                queue,
-                len(round_.jobs),
-                type(error).__name__,
-            )
-            return 0
-        return len(round_.jobs)
 
     def publish(self, message: Message[Any]) -> None:
         """Publish one admitted message to its lane queue, waiting for RabbitMQ's confirm."""

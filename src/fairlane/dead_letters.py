@@ -95,7 +95,7 @@ def requeue(app: App, jobs: Iterable[Job], progress: Progress | None = None) -> 
     for queue, ids in by_queue.items():
         _remove_dead_letters(app, queue, ids)
         app.broker.declare_queue(queue)
-        app.broker.admit(queue)
+        app.dispatcher.admit(queue)
     requeued = sum(len(ids) for ids in by_queue.values())
     logger.info("event=dead_letters_requeued count=%d", requeued)
     return requeued

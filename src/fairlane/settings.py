@@ -60,8 +60,9 @@ class Settings(BaseSettings):
     default_lane: str = "normal"
     default_tenant: str = "default"
 
-    dispatch_budget: int = Field(default=16, ge=1, le=10_000)
-    """How many jobs of one queue may sit published-but-not-started in RabbitMQ."""
+    dispatch_budget: int | None = Field(default=None, ge=1, le=10_000)
+    """How many jobs of one queue may sit published-but-not-started in RabbitMQ. Unset: twice
+    the worker threads consuming the queue, from the live workers' heartbeats."""
     admission_interval: float = Field(default=0.5, gt=0, le=60)
     """Seconds between a worker's sweeps for jobs that became due (retries, delays)."""
     cancel_poll_interval: float = Field(default=0.5, gt=0, le=60)

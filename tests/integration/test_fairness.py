@@ -98,6 +98,8 @@ def test_pause_stops_admission_and_starts_everywhere(make_app: Any, queue: str) 
         return "called"
 
     early = call_api.send().message_id
+    assert fairlane.jobs.get(early).state == "pending"  # rate-limited jobs wait for a round
+    assert app.dispatcher.admit(queue) == 1
     assert fairlane.jobs.get(early).state == "dispatched"
 
     # When the key is paused (a 429 with Retry-After: 1.5) and more jobs are sent

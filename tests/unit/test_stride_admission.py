@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairlane.ledger.admission import Admission, NewJob
+from fairlane.ledger.admission import Accepted, Admission, NewJob
 from fairlane.ledger.database import create_ledger_engine, migrate, utcnow
 from fairlane.ledger.ratelimits import RateLimits
 from fairlane.ledger.schema import jobs, tenants
@@ -232,13 +232,13 @@ def test_fairness_off_is_first_come_first_served(tmp_path: Path) -> None:
 def test_idempotency_key_returns_the_first_job(admission: Admission) -> None:
     # Given a job accepted with a key
     first = NewJob("id-1", "a", "q", "store-1", "normal", 2, 1.0, "{}", "k", utcnow())
-    assert admission.accept(first) == ("id-1", True)
+    assert admission.accept(first) == Accepted("id-1", created=True, dispatched=False)
 
     # When another job with the same tenant and key arrives, then it maps to the first
     again = NewJob("id-2", "a", "q", "store-1", "normal", 2, 1.0, "{}", "k", utcnow())
-    assert admission.accept(again) == ("id-1", False)
+    assert admission.accept(again) == Accepted("id-1", created=False, dispatched=False)
     other_tenant = NewJob("id-3", "a", "q", "store-2", "normal", 2, 1.0, "{}", "k", utcnow())
-    assert admission.accept(other_tenant) == ("id-3", True)
+    assert admission.accept(other_tenant) == Accepted("id-3", created=True, dispatched=False)
 
 
 def test_accept_many_keeps_fair_order_across_batches(admission: Admission) -> None:

@@ -43,6 +43,8 @@ from fairlane.ledger.schema import (
 )
 from fairlane.settings import Settings
 
+#: The PostgreSQL NOTIFY channel on which senders wake the dispatchers of a queue (payload: queue).
+ADMISSION_CHANNEL = "fairlane_admission"
 #: Seconds a process trusts its cached tenant weights and caps.
 TENANT_CACHE_SECONDS = 5.0
 
@@ -63,6 +65,17 @@ class NewJob:
     run_at: datetime
     rate_key: str | None = None
     rate_tokens: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Accepted:
+    """The outcome of accepting one job."""
+
+    job_id: str
+    #: False when an existing job was returned (same idempotency key or message id).
+    created: bool
+    #: True when the job took a free slot of an idle queue: the sender publishes it now.
+    dispatched: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,35 +126,124 @@ class Admission:
         self.rate_limits = rate_limits
         self.lane_names = settings.lanes
         self.shares = [settings.min_shares[lane] for lane in settings.lanes]
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._postgresql = engine.dialect.name == "postgresql"
+        self._insert = postgresql.insert if self._postgresql else sqlite.insert
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._statements = _Statements(self._insert)
         self._tenant_cache: tuple[float, dict[str, tuple[float, int | None]]] = (0.0, {})
         self._queue_rows: set[str] = set()
 
     # -- accepting -----------------------------------------------------------------------------------
 
-    def accept(self, job: NewJob) -> tuple[str, bool]:
-        """Insert a pending job with its stride tag.
+    def accept(self, job: NewJob, budget: int | None = None) -> Accepted:
+        """Insert a job with its stride tag; ``dispatched`` at once if its queue is idle.
 
-        Returns ``(job_id, created)``. When the tenant already has a job with the same
-        idempotency key, nothing is inserted and that job's id is returned.
+        The queue is idle when fewer than ``budget`` of its jobs are dispatched and no job of
+        the same or a higher lane is due in its backlog. Then the job is inserted
+        ``dispatched`` (the caller publishes it) and charges nothing to its tenant's stride
+        pass: fairness accounts for contention only. Jobs with a delay, a rate-limit key or
+        a tenant cap that applies always wait for an admission round. On PostgreSQL the
+        whole accept is one statement, which also notifies the queue's dispatchers
+        (``NOTIFY fairlane_admission``) when the job waits.
+
+        When the tenant already has a job with the same idempotency key (or the message id
+        exists), nothing is inserted and that job's id is returned, not ``created``.
         """
+        now = utcnow()
+        self._ensure_queue_row(job.queue)
+        eligible = (
+            budget is not None
+            and job.rate_key is None
+            and job.run_at <= now
+            and not (self.settings.fairness and self._caps_apply(None, job.queue))
+        )
+        if self._postgresql:
+            state = self._accept_pg(job, now, budget if eligible else None)
+            if state is None:
+                return Accepted(self._existing_id(job), created=False, dispatched=False)
+            return Accepted(job.id, created=True, dispatched=state == DISPATCHED)
         with self.engine.begin() as connection:
             if job.idempotency_key is not None:
                 existing = self._job_with_key(connection, job.tenant, job.idempotency_key)
                 if existing is not None:
-                    return existing, False
-            passes = self._next_passes(connection, job.queue, job.lane, job.tenant, [job.cost])
-            inserted = connection.execute(self._statements.insert_job, self._row(job, passes[0]))
+                    return Accepted(existing, created=False, dispatched=False)
+            idle = eligible and self._idle(connection, job, now, budget or 0)
+            if idle:
+                stride_pass = self._virtual_time(connection, job.queue, job.lane)
+            else:
+                stride_pass = self._next_passes(connection, job.queue, job.lane, job.tenant, [job.cost])[0]
+            row = self._row(job, stride_pass, now)
+            if idle:
+                row.update(state=DISPATCHED, dispatched_at=now)
+            inserted = connection.execute(self._statements.insert_job, row)
             if inserted.rowcount == 0:
                 # A concurrent send with the same key (or a resent message id) won the race.
                 existing = self._job_with_key(connection, job.tenant, job.idempotency_key) or job.id
-                return existing, False
-        return job.id, True
+                return Accepted(existing, created=False, dispatched=False)
+        return Accepted(job.id, created=True, dispatched=idle)
+
+    def _accept_pg(self, job: NewJob, now: datetime, budget: int | None) -> str | None:
+        """The one-statement accept on PostgreSQL; the new row's state, or None if it existed."""
+        fair = self.settings.fairness
+        weight = self.tenant_settings().get(job.tenant, (1.0, None))[0] if fair else 1.0
+        parameters = {
+            "id": job.id,
+            "actor": job.actor,
+            "queue": job.queue,
+            "tenant": job.tenant,
+            "lane": job.lane,
+            "rank": job.lane_rank,
+            "cost": job.cost,
+            "message": job.message,
+            "key": job.idempotency_key,
+            "rate_key": job.rate_key,
+            "rate_tokens": job.rate_tokens,
+            "now": now,
+            "run_at": max(job.run_at, now),
+            "eligible": budget is not None,
+            "budget": budget or 0,
+            "fair": fair,
+            "increment": job.cost / weight,
+            "fifo_pass": time.time(),
+            "notify": job.run_at <= now,
+        }
+        with self._autocommit.connect() as connection:
+            row = connection.exec_driver_sql(_ACCEPT_PG, parameters).first()
+        return None if row is None else str(row[0])
+
+    def _existing_id(self, job: NewJob) -> str:
+        with self.engine.connect() as connection:
+            return self._job_with_key(connection, job.tenant, job.idempotency_key) or job.id
+
+    def _idle(self, connection: sa.Connection, job: NewJob, now: datetime, budget: int) -> bool:
+        """Whether the queue has a free slot and nothing due at ``job``'s lane or above (SQLite)."""
+        if self._dispatched_count(connection, job.queue) >= budget:
+            return False
+        waiting = (
+            sa.select(jobs.c.id)
+            .where(
+                jobs.c.queue == job.queue,
+                BACKLOG_PREDICATE,
+                jobs.c.lane_rank <= job.lane_rank,
+                jobs.c.next_run_at <= now,
+            )
+            .limit(1)
+        )
+        return connection.execute(waiting).first() is None
+
+    def _virtual_time(self, connection: sa.Connection, queue: str, lane: str) -> float:
+        if not self.settings.fairness:
+            return time.time()
+        value = connection.execute(
+            sa.select(lanes.c.virtual_time).where(lanes.c.queue == queue, lanes.c.lane == lane)
+        ).scalar()
+        return float(value or 0.0)
 
     def accept_many(self, batch: Sequence[NewJob]) -> None:
         """Insert many pending jobs (no idempotency keys) in one transaction, in fair order."""
         groups: dict[tuple[str, str, str], list[NewJob]] = {}
+        for queue in {job.queue for job in batch}:
+            self._ensure_queue_row(queue)
         for job in batch:
             groups.setdefault((job.queue, job.lane, job.tenant), []).append(job)
         with self.engine.begin() as connection:
@@ -152,9 +254,12 @@ class Admission:
                     self._row(job, stride_pass) for job, stride_pass in zip(members, passes, strict=True)
                 ]
             connection.execute(jobs.insert(), rows)
+            if self._postgresql:
+                for queue in {job.queue for job in batch}:
+                    connection.execute(self._statements.notify, {"p_queue": queue})
 
-    def _row(self, job: NewJob, stride_pass: float) -> dict[str, Any]:
-        now = utcnow()
+    def _row(self, job: NewJob, stride_pass: float, now: datetime | None = None) -> dict[str, Any]:
+        now = now or utcnow()
         return {
             "id": job.id,
             "actor": job.actor,
@@ -399,7 +504,7 @@ class Admission:
         """Make the next admission read tenant weights and caps afresh."""
         self._tenant_cache = (0.0, {})
 
-    def _caps_apply(self, connection: sa.Connection, queue: str) -> bool:
+    def _caps_apply(self, connection: sa.Connection | None, queue: str) -> bool:
         if self.settings.tenant_cap is not None or queue in self.settings.queue_tenant_caps:
             return True
         return any(cap is not None for _, cap in self.tenant_settings(connection).values())
@@ -448,11 +553,22 @@ class Admission:
             passes.append(passes[-1] + increment)
         return passes
 
+    def _ensure_queue_row(self, queue: str, connection: sa.Connection | None = None) -> None:
+        """Record the queue in ``fairlane_queues`` (once per process): rounds lock its row, and
+        the scheduler's sweeps and gauges list the queues from there."""
+        if queue in self._queue_rows:
+            return
+        statement = self._insert(queues).values(name=queue).on_conflict_do_nothing()
+        if connection is None:
+            with self.engine.begin() as own:
+                own.execute(statement)
+        else:
+            connection.execute(statement)
+        self._queue_rows.add(queue)
+
     def _lock_queue(self, connection: sa.Connection, queue: str, wait: bool) -> bool:
         """Take the queue's admission turn; False if ``wait`` is off and another round holds it."""
-        if queue not in self._queue_rows:
-            connection.execute(self._insert(queues).values(name=queue).on_conflict_do_nothing())
-            self._queue_rows.add(queue)
+        self._ensure_queue_row(queue, connection)
         statement = self._statements.lock_queue if wait else self._statements.try_lock_queue
         return connection.execute(statement, {"p_queue": queue}).first() is not None
 
@@ -511,6 +627,7 @@ class _Statements:
                 + rest
             },
         ).returning(tenant_passes.c.last_pass)
+        self.notify = sa.select(sa.func.pg_notify(ADMISSION_CHANNEL, queue))
         lock = sa.select(queues.c.name).where(queues.c.name == queue)
         self.lock_queue = lock.with_for_update()
         self.try_lock_queue = lock.with_for_update(skip_locked=True)
@@ -530,3 +647,46 @@ class _Statements:
                 set_={"virtual_time": _greatest(lanes.c.virtual_time, value)},
             )
         )
+
+
+#: The accept of one job on PostgreSQL, in one statement: the idle check, the tenant's stride
+#: pass (only when the job waits), the insert, and a NOTIFY to the queue's dispatchers.
+_ACCEPT_PG = f"""
+WITH vt AS (
+  SELECT coalesce(
+    (SELECT virtual_time FROM fairlane_lanes WHERE queue = %(queue)s AND lane = %(lane)s), 0.0) AS t
+), room AS (
+  SELECT %(eligible)s
+     AND (SELECT count(*) FROM fairlane_jobs WHERE queue = %(queue)s AND {DISPATCHED_PREDICATE})
+         < %(budget)s
+     AND NOT EXISTS (
+       SELECT 1 FROM fairlane_jobs
+       WHERE queue = %(queue)s AND {BACKLOG_PREDICATE} AND lane_rank <= %(rank)s AND next_run_at <= %(now)s
+     ) AS free
+), pass AS (
+  INSERT INTO fairlane_tenant_passes (queue, lane, tenant, last_pass)
+  SELECT %(queue)s, %(lane)s, %(tenant)s, vt.t FROM vt, room WHERE %(fair)s AND NOT room.free
+  ON CONFLICT (queue, lane, tenant) DO UPDATE
+  SET last_pass = greatest(fairlane_tenant_passes.last_pass + %(increment)s, (SELECT t FROM vt))
+  RETURNING last_pass
+), job AS (
+  INSERT INTO fairlane_jobs (
+    id, actor, queue, tenant, lane, lane_rank, state, stride_pass, cost, attempts, message,
+    idempotency_key, rate_key, rate_tokens, cancel_requested, enqueued_at, next_run_at,
+    dispatched_at, updated_at)
+  SELECT %(id)s::text, %(actor)s::text, %(queue)s::text, %(tenant)s::text, %(lane)s::text,
+    %(rank)s::smallint,
+    CASE WHEN room.free THEN '{DISPATCHED}' ELSE '{PENDING}' END,
+    CASE WHEN NOT %(fair)s THEN %(fifo_pass)s::float8
+         ELSE coalesce((SELECT last_pass FROM pass), vt.t) END,
+    %(cost)s::float8, 0, %(message)s::text, %(key)s::text, %(rate_key)s::text, %(rate_tokens)s::float8,
+    false, %(now)s::timestamptz, %(run_at)s::timestamptz,
+    CASE WHEN room.free THEN %(now)s::timestamptz END, %(now)s::timestamptz
+  FROM room, vt
+  ON CONFLICT DO NOTHING
+  RETURNING state
+)
+SELECT state, CASE WHEN state = '{PENDING}' AND %(notify)s
+                   THEN pg_notify('{ADMISSION_CHANNEL}', %(queue)s) END
+FROM job
+"""

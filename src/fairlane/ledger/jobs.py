@@ -14,9 +14,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from fairlane.ledger import transitions
 from fairlane.ledger.database import as_utc, utcnow
 from fairlane.ledger.schema import (
-    BACKLOG_STATES,
     CANCELLED,
     DEAD,
     DISPATCHED,
@@ -210,8 +210,9 @@ class JobStore:
         again only if RabbitMQ ``redelivered`` its message (its worker's connection died);
         another copy of a running job's message (a re-publish) is skipped, so the job never
         runs twice at once on healthy workers. Cancelled and finished jobs are skipped.
+        Workers start jobs in batches through :class:`fairlane.ledger.writer.LedgerWriter`.
         """
-        statement = _START_REDELIVERED if redelivered else _START
+        statement = transitions.RESTART_ONE if redelivered else transitions.START_ONE
         with self._single_statement.begin() as connection:
             row = connection.execute(
                 statement, {"p_id": job_id, "p_now": utcnow(), "p_worker": worker_id}
@@ -221,29 +222,17 @@ class JobStore:
             exists = connection.execute(sa.select(jobs.c.id).where(jobs.c.id == job_id)).first()
         return Start(StartDecision.SKIP if exists else StartDecision.UNKNOWN)
 
-    def succeed(self, job_id: str, *, result: Any, result_path: str | None) -> None:
-        """Record a running job's success and its result (inline, or a path to its file)."""
-        self._run(_SUCCEED, p_id=job_id, p_now=utcnow(), p_result=result, p_result_path=result_path)
-
-    def retry_later(self, job_id: str, error: JobError, run_at: datetime) -> None:
-        """Put a failed job back in the backlog, runnable again at ``run_at``."""
-        self._run(_RETRY, p_id=job_id, p_now=utcnow(), p_run_at=run_at, **_error_values(error))
-
     def kill(self, job_id: str, error: JobError) -> None:
-        """Dead-letter a job: no more attempts; its message goes to the dead-letter queue."""
-        self._run(_KILL, p_id=job_id, p_now=utcnow(), **_error_values(error))
+        """Dead-letter a job that can never run: no more attempts; its message goes to the dead letters."""
+        self._run(transitions.KILL_ONE, p_id=job_id, p_now=utcnow(), **_error_values(error))
 
     def defer(self, job_id: str, until: datetime) -> None:
         """Send a dispatched job back to the backlog until ``until``, without counting an attempt."""
-        self._run(_DEFER, p_id=job_id, p_now=utcnow(), p_run_at=until)
-
-    def mark_cancelled(self, job_id: str) -> None:
-        """Record that a running job was interrupted by its cancel request."""
-        self._run(_MARK_CANCELLED, p_id=job_id, p_now=utcnow())
+        self._run(transitions.DEFER_ONE, p_id=job_id, p_now=utcnow(), p_run_at=until)
 
     def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
         """Store a running job's progress."""
-        self._run(_PROGRESS, p_id=job_id, p_now=utcnow(), p_progress=progress)
+        self._run(transitions.PROGRESS_ONE, p_id=job_id, p_now=utcnow(), p_progress=progress)
 
     def _run(self, statement: sa.Update, **parameters: Any) -> None:
         """Run a one-statement transition (on PostgreSQL in autocommit: one round trip, not three)."""
@@ -261,17 +250,9 @@ class JobStore:
         """
         now = utcnow()
         with self.engine.begin() as connection:
-            cancelled = connection.execute(
-                jobs.update()
-                .where(jobs.c.id == job_id, jobs.c.state.in_((*BACKLOG_STATES, DISPATCHED)))
-                .values(state=CANCELLED, finished_at=now, updated_at=now)
-            ).rowcount
+            cancelled = connection.execute(transitions.CANCEL_ONE, {"p_id": job_id, "p_now": now}).rowcount
             if not cancelled:
-                connection.execute(
-                    jobs.update()
-                    .where(jobs.c.id == job_id, jobs.c.state == RUNNING)
-                    .values(cancel_requested=True, updated_at=now)
-                )
+                connection.execute(transitions.REQUEST_CANCEL_ONE, {"p_id": job_id, "p_now": now})
         return self.get(job_id)
 
     def dead_jobs(
@@ -306,56 +287,22 @@ class JobStore:
             ).rowcount
 
 
-def _error_values(error: JobError) -> dict[str, Any]:
-    return {
-        "p_error_type": error.type[:255],
-        "p_error_message": error.message[:10_000],
-        "p_error_traceback": (error.traceback or "")[-50_000:] or None,
-    }
-
-
-# Hot-path statements are built once: building one costs more than running it.
-_NOW: sa.BindParameter[datetime] = sa.bindparam("p_now")
-_ERROR: dict[str, Any] = {
-    "error_type": sa.bindparam("p_error_type"),
-    "error_message": sa.bindparam("p_error_message"),
-    "error_traceback": sa.bindparam("p_error_traceback"),
-}
-
-
-def _transition(*conditions: sa.ColumnElement[bool], **values: Any) -> sa.Update:
+def error_columns(error: JobError | None) -> tuple[str | None, str | None, str | None]:
+    """An error's ledger columns (type, message, traceback): bounded, without the NUL characters
+    PostgreSQL's text type refuses."""
+    if error is None:
+        return None, None, None
+    traceback = (error.traceback or "")[-50_000:] or None
     return (
-        jobs.update().where(jobs.c.id == sa.bindparam("p_id"), *conditions).values(updated_at=_NOW, **values)
+        error.type[:255].replace("\x00", ""),
+        error.message[:10_000].replace("\x00", "\\x00"),
+        traceback.replace("\x00", "\\x00") if traceback else None,
     )
 
 
-_NOT_FINAL = jobs.c.state.not_in(tuple(FINAL_STATES))
-_STARTED: dict[str, Any] = {
-    "state": RUNNING,
-    "attempts": jobs.c.attempts + 1,
-    "started_at": _NOW,
-    "worker_id": sa.bindparam("p_worker"),
-}
-_START = _transition(jobs.c.state.in_((*BACKLOG_STATES, DISPATCHED)), **_STARTED).returning(
-    jobs.c.attempts, jobs.c.next_run_at
-)
-_START_REDELIVERED = _transition(_NOT_FINAL, **_STARTED).returning(jobs.c.attempts, jobs.c.next_run_at)
-_SUCCEED = _transition(
-    jobs.c.state == RUNNING,
-    state=SUCCEEDED,
-    result=sa.bindparam("p_result", type_=sa.JSON),
-    result_path=sa.bindparam("p_result_path"),
-    finished_at=_NOW,
-)
-_RETRY = _transition(
-    jobs.c.state == RUNNING, state=RETRYING, next_run_at=sa.bindparam("p_run_at"), worker_id=None, **_ERROR
-)
-_KILL = _transition(_NOT_FINAL, state=DEAD, finished_at=_NOW, **_ERROR)
-_DEFER = _transition(
-    jobs.c.state == DISPATCHED, state=PENDING, next_run_at=sa.bindparam("p_run_at"), dispatched_at=None
-)
-_MARK_CANCELLED = _transition(jobs.c.state == RUNNING, state=CANCELLED, finished_at=_NOW)
-_PROGRESS = _transition(jobs.c.state == RUNNING, progress=sa.bindparam("p_progress", type_=sa.JSON))
+def _error_values(error: JobError) -> dict[str, Any]:
+    error_type, message, traceback = error_columns(error)
+    return {"p_error_type": error_type, "p_error_message": message, "p_error_traceback": traceback}
 
 
 __all__ = [

@@ -175,6 +175,8 @@ workers = sa.Table(
     sa.Column("queues", sa.JSON, nullable=False),
     sa.Column("processed", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("in_progress", sa.Integer, nullable=False, server_default="0"),
+    #: Worker threads of the process: each queue's dispatch budget follows them.
+    sa.Column("threads", sa.Integer, nullable=False, server_default="0"),
     _ts("started_at", nullable=False),
     _ts("last_heartbeat_at", nullable=False),
     sa.Index("ix_fairlane_workers_heartbeat", "last_heartbeat_at"),

@@ -8,6 +8,7 @@ reaper treats a running job whose worker has no fresh row as abandoned.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -29,6 +30,7 @@ class WorkerBeat:
     started_at: datetime
     processed: int
     in_progress: int
+    threads: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,7 @@ class WorkerStore:
             "queues": sorted(beat.queues),
             "processed": beat.processed,
             "in_progress": beat.in_progress,
+            "threads": beat.threads,
             "last_heartbeat_at": moment,
         }
         statement = self._insert(workers).values(
@@ -84,6 +87,17 @@ class WorkerStore:
                     sa.select(sa.func.count()).where(workers.c.last_heartbeat_at >= cutoff)
                 ).scalar_one()
             )
+
+    def threads_per_queue(self, timeout: float) -> Counter[str]:
+        """Worker threads consuming each queue, over workers heard from within ``timeout`` seconds."""
+        cutoff = utcnow() - timedelta(seconds=timeout)
+        query = sa.select(workers.c.queues, workers.c.threads).where(workers.c.last_heartbeat_at >= cutoff)
+        threads: Counter[str] = Counter()
+        with self.engine.connect() as connection:
+            for queues, count in connection.execute(query):
+                for queue in queues or ():
+                    threads[queue] += int(count)
+        return threads
 
     def list(self) -> list[WorkerRow]:
         """Every worker row, by id."""

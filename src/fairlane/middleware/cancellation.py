@@ -18,6 +18,8 @@ from dramatiq.middleware.threading import raise_thread_exception
 
 from fairlane.errors import JobCancelled
 from fairlane.ledger.jobs import JobStore
+from fairlane.ledger.schema import CANCELLED
+from fairlane.ledger.writer import Finish, LedgerWriter
 
 logger = logging.getLogger("fairlane.worker")
 
@@ -25,8 +27,9 @@ logger = logging.getLogger("fairlane.worker")
 class Cancellation(Middleware):
     """Watch this process's running jobs for cancel requests and interrupt them."""
 
-    def __init__(self, jobs: JobStore, poll_interval: float) -> None:
+    def __init__(self, jobs: JobStore, writer: LedgerWriter, poll_interval: float) -> None:
         self.jobs = jobs
+        self.writer = writer
         self.poll_interval = poll_interval
         self._running: dict[int, str] = {}
         self._lock = threading.Lock()
@@ -56,7 +59,7 @@ class Cancellation(Middleware):
         with self._lock:
             self._running.pop(threading.get_ident(), None)
         if isinstance(exception, JobCancelled):
-            self.jobs.mark_cancelled(message.message_id)
+            self.writer.finish(Finish(message.message_id, CANCELLED))
             logger.info("event=job_cancelled job=%s actor=%s", message.message_id, message.actor_name)
 
     after_skip_message = after_process_message

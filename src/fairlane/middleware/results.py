@@ -17,7 +17,9 @@ from typing import Any
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware
 
-from fairlane.ledger.jobs import JobError, JobStore
+from fairlane.ledger.jobs import JobError
+from fairlane.ledger.schema import DEAD, SUCCEEDED
+from fairlane.ledger.writer import Finish, LedgerWriter
 from fairlane.settings import Settings
 
 logger = logging.getLogger("fairlane.worker")
@@ -36,8 +38,8 @@ def read_result_file(path: str) -> Any:
 class Results(Middleware):
     """Record success and the result of every job that returned normally."""
 
-    def __init__(self, jobs: JobStore, settings: Settings) -> None:
-        self.jobs = jobs
+    def __init__(self, writer: LedgerWriter, settings: Settings) -> None:
+        self.writer = writer
         self.settings = settings
 
     def after_process_message(
@@ -60,16 +62,16 @@ class Results(Middleware):
             self._refuse(message, f"result is {size} bytes; the limit is {self.settings.result_max_bytes}")
             return
         if size <= self.settings.result_inline_bytes:
-            self.jobs.succeed(message.message_id, result=result, result_path=None)
+            self.writer.finish(Finish(message.message_id, SUCCEEDED, result=result, result_json=encoded))
             return
         path = result_file(self.settings.results_dir, message.message_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".tmp")
         partial.write_text(encoded, encoding="utf-8")
         os.replace(partial, path)
-        self.jobs.succeed(message.message_id, result=None, result_path=str(path))
+        self.writer.finish(Finish(message.message_id, SUCCEEDED, result_path=str(path)))
 
     def _refuse(self, message: MessageProxy, reason: str) -> None:
         logger.error("event=job_dead job=%s reason=%r", message.message_id, reason)
-        self.jobs.kill(message.message_id, JobError("InvalidResult", reason))
+        self.writer.finish(Finish(message.message_id, DEAD, error=JobError("InvalidResult", reason)))
         message.fail()

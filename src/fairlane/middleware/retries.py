@@ -25,7 +25,9 @@ from dramatiq.middleware import Middleware
 
 from fairlane.errors import JobCancelled
 from fairlane.ledger.database import utcnow
-from fairlane.ledger.jobs import JobError, JobStore
+from fairlane.ledger.jobs import JobError
+from fairlane.ledger.schema import DEAD, RETRYING
+from fairlane.ledger.writer import Finish, LedgerWriter
 from fairlane.middleware.tracking import ATTEMPT_OPTION
 from fairlane.settings import Settings
 
@@ -43,8 +45,8 @@ def backoff_ms(
 class Retries(Middleware):
     """Schedule a failed job's retry in the ledger, or dead-letter it."""
 
-    def __init__(self, jobs: JobStore, settings: Settings) -> None:
-        self.jobs = jobs
+    def __init__(self, writer: LedgerWriter, settings: Settings) -> None:
+        self.writer = writer
         self.settings = settings
 
     @property
@@ -75,7 +77,8 @@ class Retries(Middleware):
                 option("min_backoff", self.settings.min_backoff),
                 option("max_backoff", self.settings.max_backoff),
             )
-            self.jobs.retry_later(message.message_id, error, utcnow() + timedelta(milliseconds=delay))
+            run_at = utcnow() + timedelta(milliseconds=delay)
+            self.writer.finish(Finish(message.message_id, RETRYING, error=error, run_at=run_at))
             logger.info(
                 "event=job_retrying job=%s actor=%s attempt=%d delay_ms=%d error_type=%s",
                 message.message_id,
@@ -85,7 +88,7 @@ class Retries(Middleware):
                 error.type,
             )
             return
-        self.jobs.kill(message.message_id, error)
+        self.writer.finish(Finish(message.message_id, DEAD, error=error))
         message.fail()
         logger.warning(
             "event=job_dead job=%s actor=%s attempts=%d error_type=%s",

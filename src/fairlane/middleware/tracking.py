@@ -2,8 +2,8 @@
 
 A job cancelled before it started, or already finished (a duplicate delivery), is acked
 without running. A message with no ledger row, or for an actor this worker doesn't know,
-is dead-lettered with the reason. Each start frees a dispatch slot, so it asks the
-worker's admitter to admit the queue's next backlog jobs (off the job's own path).
+is dead-lettered with the reason. Starts go through the process's ledger writer, which
+flushes them in batches and then asks the dispatcher to refill the slots they freed.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import Middleware, SkipMessage
 
 from fairlane.ledger.jobs import JobError, JobStore, StartDecision
+from fairlane.ledger.writer import LedgerWriter
 
 logger = logging.getLogger("fairlane.worker")
 
@@ -35,13 +36,15 @@ def default_worker_id() -> str:
 class Tracking(Middleware):
     """Record job starts in the ledger and refuse messages that must not run."""
 
-    def __init__(self, jobs: JobStore) -> None:
+    def __init__(self, jobs: JobStore, writer: LedgerWriter) -> None:
         self.jobs = jobs
-        self.worker_id = default_worker_id()
+        self.writer = writer
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
-        start = self.jobs.start(
-            message.message_id, self.worker_id, redelivered=bool(getattr(message, "redelivered", False))
+        start = self.writer.start(
+            message.message_id,
+            broker.actor_queue_of(message.queue_name),  # type: ignore[attr-defined]
+            redelivered=bool(getattr(message, "redelivered", False)),
         )
         if start.decision is StartDecision.UNKNOWN:
             reason = f"no ledger row for job {message.message_id}"
@@ -56,7 +59,6 @@ class Tracking(Middleware):
         message.options[ATTEMPT_OPTION] = start.attempt
         if start.runnable_since is not None:
             message.options[RUNNABLE_SINCE_OPTION] = start.runnable_since.timestamp()
-        broker.request_admission(broker.actor_queue_of(message.queue_name))  # type: ignore[attr-defined]
 
     def before_nack(self, broker: Broker, message: MessageProxy) -> None:
         error: Any = getattr(message, "_exception", None)

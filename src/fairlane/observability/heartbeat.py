@@ -165,6 +165,7 @@ class WorkerHeartbeat:
                     started_at=self.started_at,
                     processed=processed,
                     in_progress=in_progress,
+                    threads=int(getattr(self.worker, "worker_threads", 0)),
                 )
             )
         except Exception as error:

@@ -65,7 +65,7 @@ def run_reaper(app: App, now: datetime | None = None) -> ReaperReport:
         )
     for queue in sorted({job.queue for job in report.reaped if job.state == PENDING}):
         app.broker.declare_queue(queue)
-        app.broker.admit(queue)
+        app.dispatcher.admit(queue)
 
     stale = queries.stale_dispatches(settings.dispatch_timeout, REAP_BATCH, now=moment)
     publishable = _publishable_lanes(app, {(job.queue, job.lane) for job in stale})

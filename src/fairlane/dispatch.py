@@ -1,0 +1,262 @@
+"""The Dispatcher: the one owner of admission in a process.
+
+It owns the admission requests (queues whose slots were freed), the rate-limit hints (when a
+job held back by a budget may be affordable), the dispatch budget of each queue, its
+thread, the admit step (a round in the ledger) and the publish step (one AMQP transaction
+per round).
+
+**When rounds run.** A worker's job starts free dispatch slots: the ledger writer asks for a
+round of their queues after each flush, and requests that arrive during a round are served
+together by the next, so rounds batch themselves under load. A send whose job had to wait
+(its queue was busy) wakes every dispatcher of the queue through PostgreSQL's ``NOTIFY
+fairlane_admission``. Every ``admission_interval`` seconds (sooner when a rate-limited job
+becomes affordable) the dispatcher also sweeps every queue it serves, for jobs whose delay
+or retry backoff ended and jobs left pending by a failed publish. When another process's
+round holds a queue, the request is kept and retried a few milliseconds later.
+
+**The budget** of a queue is how many of its jobs may sit published but not started: twice
+the worker threads consuming it, from the live workers' heartbeats (so 2x8 and 8x8 pools
+are not starved), or ``dispatch_budget`` when that is set. With no live worker it is
+:data:`DEFAULT_BUDGET`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from fairlane.ledger.admission import ADMISSION_CHANNEL, Admission, AdmittedJob
+from fairlane.ledger.workers import WorkerStore
+from fairlane.observability.catalog import JOBS_DEFERRED
+from fairlane.settings import Settings
+
+logger = logging.getLogger("fairlane.dispatch")
+
+#: Seconds to wait before retrying a queue whose round another process holds.
+BUSY_RETRY = 0.005
+#: Budget of a queue no live worker consumes (jobs wait in RabbitMQ for the first one).
+DEFAULT_BUDGET = 16
+#: Budget per consuming worker thread: one job running, one waiting in its prefetch.
+BUDGET_PER_THREAD = 2
+#: Seconds a process trusts its reading of the worker heartbeats for budgets.
+BUDGET_CACHE_SECONDS = 2.0
+
+#: Publishes one admission round's jobs of a queue to their lane queues.
+PublishBatch = Callable[[str, Sequence[AdmittedJob]], None]
+
+
+class Dispatcher:
+    """Runs admission rounds for the queues this process serves, and publishes what they admit."""
+
+    def __init__(self, admission: Admission, settings: Settings, publish_batch: PublishBatch) -> None:
+        self.admission = admission
+        self.settings = settings
+        self.publish_batch = publish_batch
+        self.workers = WorkerStore(admission.engine)
+        self._queues: set[str] = set()
+        self._requested: set[str] = set()
+        #: Per queue, when a job held back by a rate limit (or a busy turn) may be admitted (epoch s).
+        self._hints: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._budgets: tuple[float, Counter[str]] = (0.0, Counter())
+
+    # -- requests ------------------------------------------------------------------------------------
+
+    def serve(self, queues: Iterable[str]) -> None:
+        """Add queues this process's sweeps cover (a worker serves the queues it consumes)."""
+        with self._lock:
+            self._queues.update(queues)
+
+    def request(self, queues: Iterable[str]) -> None:
+        """Ask for an admission round of ``queues`` soon (their slots were freed)."""
+        with self._lock:
+            self._requested.update(queues)
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe: a wake-up is pending anyway
+            os.write(self._wake_w, b"x")
+
+    # -- budget --------------------------------------------------------------------------------------
+
+    def budget(self, queue: str) -> int:
+        """How many jobs of ``queue`` may be dispatched (published, not started) at once."""
+        if self.settings.dispatch_budget is not None:
+            return self.settings.dispatch_budget
+        read_at, threads = self._budgets
+        if time.monotonic() - read_at > BUDGET_CACHE_SECONDS:
+            try:
+                threads = self.workers.threads_per_queue(self.settings.heartbeat_timeout)
+            except sa.exc.SQLAlchemyError:
+                logger.warning("event=budget_read_failed action='keeping the last budgets'")
+            self._budgets = (time.monotonic(), threads)
+        return BUDGET_PER_THREAD * threads[queue] if threads[queue] else DEFAULT_BUDGET
+
+    # -- rounds --------------------------------------------------------------------------------------
+
+    def admit(self, queue: str, *, wait: bool = True) -> int | None:
+        """Publish as many backlog jobs of ``queue`` as its budget allows; returns how many.
+
+        With ``wait=False``, returns None instead of waiting for another process's round.
+        """
+        round_ = self.admission.admit(queue, self.budget(queue), wait=wait)
+        if round_ is None:
+            return None
+        if round_.retry_at is not None:
+            with self._lock:
+                self._hints[queue] = min(self._hints.get(queue, round_.retry_at), round_.retry_at)
+        for reason, count in round_.deferred.items():
+            JOBS_DEFERRED.labels(queue=queue, actor="", lane="", reason=reason).inc(count)
+        if not round_.jobs:
+            return 0
+        try:
+            self.publish_batch(queue, round_.jobs)
+        except Exception as error:
+            self.admission.unadmit([job.id for job in round_.jobs])
+            logger.warning(
+                "event=publish_failed queue=%s jobs=%d error=%s action='jobs stay pending in the ledger'",
+                queue,
+                len(round_.jobs),
+                type(error).__name__,
+            )
+            return 0
+        return len(round_.jobs)
+
+    # -- the thread ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the dispatcher's thread (idempotent)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="fairlane-dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread after its current round."""
+        self._stop.set()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        listener = _Listener(self.admission.engine)
+        next_sweep = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                self._wait(listener, next_sweep)
+                queues = self._take_requests(listener)
+                if time.monotonic() >= next_sweep:
+                    with self._lock:
+                        queues |= self._queues
+                    next_sweep = time.monotonic() + self.settings.admission_interval
+                for queue in sorted(queues):
+                    if self._stop.is_set():
+                        break
+                    self._round(queue)
+        finally:
+            listener.close()
+
+    def _round(self, queue: str) -> None:
+        try:
+            if self.admit(queue, wait=False) is None:
+                with self._lock:
+                    self._hints[queue] = time.time() + BUSY_RETRY
+        except Exception:
+            logger.exception("event=admission_failed queue=%s", queue)
+
+    def _wait(self, listener: _Listener, next_sweep: float) -> None:
+        """Until woken, notified, the next sweep, or a hint falls due."""
+        timeout = next_sweep - time.monotonic()
+        with self._lock:
+            if self._requested:
+                return
+            if self._hints:
+                timeout = min(timeout, min(self._hints.values()) - time.time())
+        if timeout <= 0:
+            return
+        readable, _, _ = select.select([self._wake_r, *listener.fds()], [], [], timeout)
+        if self._wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_r, 4096):
+                    pass
+
+    def _take_requests(self, listener: _Listener) -> set[str]:
+        notified = listener.notified()
+        now = time.time()
+        with self._lock:
+            queues = self._requested | (notified & self._queues)
+            self._requested = set()
+            due = {queue for queue, moment in self._hints.items() if moment <= now}
+            for queue in due:
+                del self._hints[queue]
+        return queues | due
+
+
+class _Listener:
+    """``LISTEN fairlane_admission`` on a dedicated PostgreSQL connection (nothing on SQLite)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self._raw: Any = None  # the psycopg connection
+        self._retry_at = 0.0
+
+    def _connection(self) -> Any:
+        wanted = self._raw is None and self.engine.dialect.name == "postgresql"
+        if wanted and time.monotonic() >= self._retry_at:
+            try:
+                pooled = self.engine.raw_connection()
+                connection = pooled.driver_connection
+                pooled.detach()  # LISTEN keeps this connection for the thread's life, out of the pool
+                connection.autocommit = True  # type: ignore[union-attr]
+                connection.execute(f"LISTEN {ADMISSION_CHANNEL}")  # type: ignore[union-attr]
+                self._raw = connection
+            except Exception as error:
+                self._retry_at = time.monotonic() + 1.0
+                logger.warning("event=listen_failed error=%s action='sweeping until it reconnects'", error)
+        return self._raw
+
+    def fds(self) -> list[int]:
+        connection = self._connection()
+        return [] if connection is None else [connection.fileno()]
+
+    def notified(self) -> set[str]:
+        """Queues named by the notifications received since the last call."""
+        connection = self._connection()
+        if connection is None:
+            return set()
+        queues: set[str] = set()
+        try:
+            connection.pgconn.consume_input()
+            while (notification := connection.pgconn.notifies()) is not None:
+                queues.add(notification.extra.decode())
+        except Exception as error:
+            logger.warning("event=listen_lost error=%s action=reconnecting", error)
+            self.close()
+        return queues
+
+    def close(self) -> None:
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            try:
+                raw.close()
+            except Exception:
+                logger.debug("event=listen_close_failed")
+
+
+__all__ = ["BUDGET_PER_THREAD", "DEFAULT_BUDGET", "Dispatcher"]

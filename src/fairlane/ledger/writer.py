@@ -1,0 +1,323 @@
+"""The ledger writer: one thread per worker process that flushes job starts and finishes in batches.
+
+Worker threads hand their starts and finishes to the writer and wait for them to be flushed.
+The writer flushes whatever has accumulated as one statement per kind (on PostgreSQL,
+``UPDATE … FROM unnest(…)`` on its own autocommit connection; on SQLite, one transaction),
+then starts over at once: *natural batching*, no timer. An idle worker pays one round trip
+per start and per finish; a busy one pays a few per batch of jobs.
+
+**Ack order.** A worker thread waits for its finish to be flushed before Dramatiq acks the
+message, so at every instant a job is either unacked in RabbitMQ or finished in the ledger:
+
+* killed before the finish was flushed: the message is redelivered and the job runs again
+  (at-least-once), or the reaper returns it to the backlog once the worker's heartbeat stops;
+* killed after the flush, before the ack: the redelivered message finds the job finished and
+  is skipped.
+
+A flush that fails on a lost connection is retried (with a growing pause) until it succeeds or
+the writer stops; one that fails on a bad row is split, so only that job's thread sees the error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from fairlane.ledger.database import as_utc, utcnow
+from fairlane.ledger.jobs import JobError, Start, StartDecision, error_columns
+from fairlane.ledger.schema import DEAD, RETRYING, SUCCEEDED, jobs
+from fairlane.ledger.transitions import (
+    FINISH_MANY_PG,
+    FINISH_ONE,
+    FINISHES,
+    RESTART_ONE,
+    START_MANY_PG,
+    START_ONE,
+)
+
+logger = logging.getLogger("fairlane.ledger")
+
+#: Longest pause between two tries of a flush that failed on a lost connection.
+MAX_RETRY_PAUSE = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Finish:
+    """How a job's attempt ended, to be flushed: its new state and what goes with it."""
+
+    job_id: str
+    state: str
+    #: A success's inline result, and the same encoded as JSON.
+    result: Any = None
+    result_json: str | None = None
+    result_path: str | None = None
+    error: JobError | None = None
+    run_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.state not in FINISHES:
+            raise ValueError(f"a finish ends in one of {sorted(FINISHES)}, not {self.state!r}")
+
+
+@dataclasses.dataclass
+class _Request:
+    """One job's start or finish, and its waiting thread's outcome."""
+
+    job_id: str
+    restart: bool = False
+    finish: Finish | None = None
+    queue: str = ""
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    start: Start | None = None
+    error: BaseException | None = None
+
+    def resolve(self, start: Start | None = None, error: BaseException | None = None) -> None:
+        self.start, self.error = start, error
+        self.done.set()
+
+
+class LedgerWriter:
+    """Batches a worker process's job starts and finishes into few statements."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        worker_id: str,
+        on_started: Callable[[set[str]], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.worker_id = worker_id
+        #: Called after each flush with the queues of the jobs it started (their slots are free).
+        self.on_started = on_started
+        self._postgresql = engine.dialect.name == "postgresql"
+        self._starts: list[_Request] = []
+        self._finishes: list[_Request] = []
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._raw: Any = None  # the writer's own DBAPI connection (PostgreSQL)
+        self.flushes = 0
+
+    # -- the worker threads' side --------------------------------------------------------------------
+
+    def start(self, job_id: str, queue: str, *, redelivered: bool = False) -> Start:
+        """Mark a received job running (counting the attempt), unless it must not run.
+
+        Blocks until flushed. See :meth:`fairlane.ledger.jobs.JobStore.start` for the decision.
+        """
+        request = self._submit(_Request(job_id, restart=redelivered, queue=queue))
+        assert request.start is not None
+        return request.start
+
+    def finish(self, finish: Finish) -> None:
+        """Record how a running job's attempt ended; blocks until flushed (so the ack comes after)."""
+        self._submit(_Request(finish.job_id, finish=finish))
+
+    def _submit(self, request: _Request) -> _Request:
+        with self._lock:
+            if self._thread is None or self._stopping or not self._thread.is_alive():
+                self._begin()
+            # The lists are swapped by each flush: pick this one under the lock.
+            (self._starts if request.finish is None else self._finishes).append(request)
+            self._lock.notify()
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        self._stopping = False
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="fairlane-ledger-writer", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Flush what is pending, then end the writer's thread (a later request restarts it)."""
+        with self._lock:
+            thread = self._thread
+            self._stopping = True
+            self._lock.notify()
+        if thread is not None:
+            thread.join(timeout)
+        with self._lock:
+            if self._thread is thread:
+                self._thread = None
+        self._close_raw()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not (self._starts or self._finishes or self._stopping):
+                    self._lock.wait()
+                starts, self._starts = self._starts, []
+                finishes, self._finishes = self._finishes, []
+                if not (starts or finishes):
+                    return  # stopping, and nothing left to flush
+            self._flush_until_done(finishes, starts)
+
+    def _flush_until_done(self, finishes: list[_Request], starts: list[_Request]) -> None:
+        pause = 0.05
+        while True:
+            try:
+                self._flush(finishes, starts)
+                return
+            except sa.exc.OperationalError as error:
+                self._close_raw()
+                error_text = str(error).splitlines()[0][:200]
+                if self._stopping and pause >= MAX_RETRY_PAUSE:
+                    for request in (*finishes, *starts):
+                        request.resolve(error=error)
+                    return
+                logger.warning(
+                    "event=ledger_flush_failed jobs=%d error=%r action='retrying in %.2fs'",
+                    len(finishes) + len(starts),
+                    error_text,
+                    pause,
+                )
+                time.sleep(pause)
+                pause = min(pause * 2, MAX_RETRY_PAUSE)
+            except Exception as error:
+                if len(finishes) + len(starts) == 1:
+                    (finishes or starts)[0].resolve(error=error)
+                    return
+                # A bad row fails the whole statement: flush the jobs one by one.
+                for request in finishes:
+                    self._flush_until_done([request], [])
+                for request in starts:
+                    self._flush_until_done([], [request])
+                return
+
+    def _flush(self, finishes: list[_Request], starts: list[_Request]) -> None:
+        now = utcnow()
+        if self._postgresql:
+            cursor = self._raw_connection().cursor()
+            try:
+                if finishes:
+                    self._finish_many_pg(cursor, finishes, now)
+                started = self._start_many_pg(cursor, starts, now) if starts else {}
+                missing = [request.job_id for request in starts if request.job_id not in started]
+                known = self._existing_pg(cursor, missing) if missing else set()
+            finally:
+                cursor.close()
+        else:
+            started, known = self._flush_sqlite(finishes, starts, now)
+        self.flushes += 1
+        for request in finishes:
+            request.resolve()
+        claimed: set[str] = set()
+        for request in starts:
+            row = started.get(request.job_id)
+            if row is not None and request.job_id not in claimed:
+                claimed.add(request.job_id)  # a second copy in the same batch does not run too
+                request.resolve(Start(StartDecision.RUN, row[0], as_utc(row[1])))
+            elif request.job_id in known or row is not None:
+                request.resolve(Start(StartDecision.SKIP))
+            else:
+                request.resolve(Start(StartDecision.UNKNOWN))
+        if claimed and self.on_started is not None:
+            try:
+                self.on_started({request.queue for request in starts if request.job_id in claimed})
+            except Exception:
+                logger.exception("event=admission_request_failed")
+
+    # -- PostgreSQL ----------------------------------------------------------------------------------
+
+    def _raw_connection(self) -> Any:
+        if self._raw is None:
+            raw = self.engine.raw_connection()
+            raw.driver_connection.autocommit = True  # type: ignore[union-attr]
+            self._raw = raw
+        return self._raw
+
+    def _close_raw(self) -> None:
+        raw, self._raw = self._raw, None
+        if raw is None:
+            return
+        try:
+            raw.invalidate()
+        except Exception:  # already broken: nothing to give back
+            logger.debug("event=ledger_writer_connection_dropped")
+
+    def _start_many_pg(self, cursor: Any, starts: Sequence[_Request], now: datetime) -> dict[str, Any]:
+        cursor.execute(
+            START_MANY_PG,
+            {
+                "ids": [request.job_id for request in starts],
+                "restart": [request.restart for request in starts],
+                "now": now,
+                "worker": self.worker_id,
+            },
+        )
+        return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
+
+    def _finish_many_pg(self, cursor: Any, finishes: Sequence[_Request], now: datetime) -> None:
+        items = [request.finish for request in finishes if request.finish is not None]
+        errors = [error_columns(item.error) for item in items]
+        cursor.execute(
+            FINISH_MANY_PG,
+            {
+                "now": now,
+                "ids": [item.job_id for item in items],
+                "states": [item.state for item in items],
+                "results": [item.result_json for item in items],
+                "result_paths": [item.result_path for item in items],
+                "error_types": [error[0] for error in errors],
+                "error_messages": [error[1] for error in errors],
+                "error_tracebacks": [error[2] for error in errors],
+                "run_ats": [item.run_at for item in items],
+            },
+        )
+
+    def _existing_pg(self, cursor: Any, job_ids: list[str]) -> set[str]:
+        cursor.execute("SELECT id FROM fairlane_jobs WHERE id = ANY(%(ids)s::text[])", {"ids": job_ids})
+        return {row[0] for row in cursor.fetchall()}
+
+    # -- SQLite --------------------------------------------------------------------------------------
+
+    def _flush_sqlite(
+        self, finishes: Sequence[_Request], starts: Sequence[_Request], now: datetime
+    ) -> tuple[dict[str, Any], set[str]]:
+        started: dict[str, Any] = {}
+        known: set[str] = set()
+        with self.engine.begin() as connection:
+            for request in finishes:
+                item = request.finish
+                assert item is not None
+                connection.execute(FINISH_ONE[item.state], _finish_parameters(item, now))
+            for request in starts:
+                statement = RESTART_ONE if request.restart else START_ONE
+                parameters = {"p_id": request.job_id, "p_now": now, "p_worker": self.worker_id}
+                row = connection.execute(statement, parameters).first()
+                if row is not None:
+                    started.setdefault(request.job_id, (row.attempts, row.next_run_at))
+            missing = [request.job_id for request in starts if request.job_id not in started]
+            if missing:
+                known = set(connection.scalars(sa.select(jobs.c.id).where(jobs.c.id.in_(missing))))
+        return started, known
+
+
+def _finish_parameters(item: Finish, now: datetime) -> dict[str, Any]:
+    error_type, error_message, error_traceback = error_columns(item.error)
+    parameters: dict[str, Any] = {"p_id": item.job_id, "p_now": now}
+    if item.state == SUCCEEDED:
+        parameters["p_result"] = item.result
+        parameters["p_result_path"] = item.result_path
+    elif item.state in (RETRYING, DEAD):
+        parameters.update(
+            p_error_type=error_type, p_error_message=error_message, p_error_traceback=error_traceback
+        )
+        if item.state == RETRYING:
+            parameters["p_run_at"] = item.run_at
+    return parameters
+
+
+__all__ = ["Finish", "LedgerWriter"]
