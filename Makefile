@@ -31,8 +31,9 @@ lint: install
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
+# `make bench BENCH_ARGS="--drain-jobs 20000"` passes sizes to latency_throughput.py (see its --help).
 bench: install services
-	$(BIN)/python bench/latency_throughput.py
+	$(BIN)/python bench/latency_throughput.py $(BENCH_ARGS)
 	$(BIN)/python bench/fairness.py
 
 clean:

@@ -79,7 +79,7 @@ def build_app(settings: Settings) -> App:
     ]
     broker = FairlaneBroker(settings, admission, middleware)
     # Starts free dispatch slots: after each flush the writer asks the dispatcher to refill them.
-    writer.on_started = broker.dispatcher.request
+    writer.on_started = broker.dispatcher.slots_freed
     broker.add_middleware(WorkerServices(broker.dispatcher, writer))
     dramatiq.set_broker(broker)
     return App(

@@ -5,8 +5,9 @@ job held back by a budget may be affordable), the dispatch budget of each queue,
 thread, the admit step (a round in the ledger) and the publish step (one AMQP transaction
 per round).
 
-**When rounds run.** A worker's job starts free dispatch slots: the ledger writer asks for a
-round of their queues after each flush, and requests that arrive during a round are served
+**When rounds run.** A worker's job starts free dispatch slots: the ledger writer reports them
+after each flush, and once half of a queue's budget is free (at least one slot) the
+dispatcher runs a round that refills them all. Requests that arrive during a round are served
 together by the next, so rounds batch themselves under load. A send whose job had to wait
 (its queue was busy) wakes every dispatcher of the queue through PostgreSQL's ``NOTIFY
 fairlane_admission``. Every ``admission_interval`` seconds (sooner when a rate-limited job
@@ -14,8 +15,8 @@ becomes affordable) the dispatcher also sweeps every queue it serves, for jobs w
 or retry backoff ended and jobs left pending by a failed publish. When another process's
 round holds a queue, the request is kept and retried a few milliseconds later.
 
-**The budget** of a queue is how many of its jobs may sit published but not started: twice
-the worker threads consuming it, from the live workers' heartbeats (so 2x8 and 8x8 pools
+**The budget** of a queue is how many of its jobs may sit published but not started: four
+times the worker threads consuming it, from the live workers' heartbeats (so 2x8 and 8x8 pools
 are not starved), or ``dispatch_budget`` when that is set. With no live worker it is
 :data:`DEFAULT_BUDGET`.
 """
@@ -29,7 +30,7 @@ import select
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -45,8 +46,11 @@ logger = logging.getLogger("fairlane.dispatch")
 BUSY_RETRY = 0.005
 #: Budget of a queue no live worker consumes (jobs wait in RabbitMQ for the first one).
 DEFAULT_BUDGET = 16
-#: Budget per consuming worker thread: one job running, one waiting in its prefetch.
-BUDGET_PER_THREAD = 2
+#: Budget per consuming worker thread: enough that a refill of half of it arrives before the
+#: other half is started, so rounds stay few and large while no thread idles.
+BUDGET_PER_THREAD = 4
+#: A round refills a queue once 1/REFILL_FRACTION of its budget was freed by starts.
+REFILL_FRACTION = 2
 #: Seconds a process trusts its reading of the worker heartbeats for budgets.
 BUDGET_CACHE_SECONDS = 2.0
 
@@ -64,6 +68,8 @@ class Dispatcher:
         self.workers = WorkerStore(admission.engine)
         self._queues: set[str] = set()
         self._requested: set[str] = set()
+        #: Slots freed by starts per queue since its last round.
+        self._freed: Counter[str] = Counter()
         #: Per queue, when a job held back by a rate limit (or a busy turn) may be admitted (epoch s).
         self._hints: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -86,6 +92,18 @@ class Dispatcher:
         with self._lock:
             self._requested.update(queues)
         self._wake()
+
+    def slots_freed(self, started: Mapping[str, int]) -> None:
+        """Jobs of these queues started here: refill once a quarter of a queue's budget is free."""
+        budgets = {queue: self.budget(queue) for queue in started}
+        due = []
+        with self._lock:
+            for queue, count in started.items():
+                self._freed[queue] += count
+                if self._freed[queue] * REFILL_FRACTION >= budgets[queue]:
+                    due.append(queue)
+        if due:
+            self.request(due)
 
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError):  # a full pipe: a wake-up is pending anyway
@@ -113,6 +131,8 @@ class Dispatcher:
 
         With ``wait=False``, returns None instead of waiting for another process's round.
         """
+        with self._lock:
+            self._freed.pop(queue, None)
         round_ = self.admission.admit(queue, self.budget(queue), wait=wait)
         if round_ is None:
             return None

@@ -129,7 +129,7 @@ class Admission:
         self._postgresql = engine.dialect.name == "postgresql"
         self._insert = postgresql.insert if self._postgresql else sqlite.insert
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._statements = _Statements(self._insert)
+        self._statements = _Statements(self._insert, self._postgresql)
         self._tenant_cache: tuple[float, dict[str, tuple[float, int | None]]] = (0.0, {})
         self._queue_rows: set[str] = set()
 
@@ -208,7 +208,8 @@ class Admission:
             "notify": job.run_at <= now,
         }
         with self._autocommit.connect() as connection:
-            row = connection.exec_driver_sql(_ACCEPT_PG, parameters).first()
+            driver = connection.connection.driver_connection
+            row = driver.execute(_ACCEPT_PG, parameters, prepare=True).fetchone()  # type: ignore[union-attr]
         return None if row is None else str(row[0])
 
     def _existing_id(self, job: NewJob) -> str:
@@ -289,9 +290,10 @@ class Admission:
         """
         now = utcnow()
         with self.engine.begin() as connection:
-            if not self._lock_queue(connection, queue, wait):
+            dispatched = self._lock_queue(connection, queue, wait)
+            if dispatched is None:
                 return None
-            room = budget - self._dispatched_count(connection, queue)
+            room = budget - dispatched
             if room <= 0:
                 return Admitted([])
             state = _Round(room=room)
@@ -566,11 +568,15 @@ class Admission:
             connection.execute(statement)
         self._queue_rows.add(queue)
 
-    def _lock_queue(self, connection: sa.Connection, queue: str, wait: bool) -> bool:
-        """Take the queue's admission turn; False if ``wait`` is off and another round holds it."""
+    def _lock_queue(self, connection: sa.Connection, queue: str, wait: bool) -> int | None:
+        """Take the queue's admission turn and count its dispatched jobs.
+
+        Returns None if ``wait`` is off and another round holds the turn.
+        """
         self._ensure_queue_row(queue, connection)
         statement = self._statements.lock_queue if wait else self._statements.try_lock_queue
-        return connection.execute(statement, {"p_queue": queue}).first() is not None
+        row = connection.execute(statement, {"p_queue": queue}).first()
+        return None if row is None else int(row[0])
 
     def _dispatched_count(self, connection: sa.Connection, queue: str) -> int:
         return int(connection.execute(self._statements.dispatched_count, {"p_queue": queue}).scalar_one())
@@ -605,7 +611,7 @@ class Admission:
 class _Statements:
     """The admission statements that run per send or per round, built once per dialect."""
 
-    def __init__(self, insert: Any) -> None:
+    def __init__(self, insert: Any, postgres: bool) -> None:
         queue: sa.BindParameter[str] = sa.bindparam("p_queue")
         lane: sa.BindParameter[str] = sa.bindparam("p_lane")
         self.insert_job = insert(jobs).on_conflict_do_nothing()
@@ -628,14 +634,20 @@ class _Statements:
             },
         ).returning(tenant_passes.c.last_pass)
         self.notify = sa.select(sa.func.pg_notify(ADMISSION_CHANNEL, queue))
-        lock = sa.select(queues.c.name).where(queues.c.name == queue)
-        self.lock_queue = lock.with_for_update()
-        self.try_lock_queue = lock.with_for_update(skip_locked=True)
         self.dispatched_count = sa.select(sa.func.count()).where(jobs.c.queue == queue, DISPATCHED_PREDICATE)
+        # The turn and the count in one round trip.
+        lock = sa.select(self.dispatched_count.scalar_subquery()).where(queues.c.name == queue)
+        self.lock_queue = lock.with_for_update(of=queues)
+        self.try_lock_queue = lock.with_for_update(of=queues, skip_locked=True)
         now: sa.BindParameter[datetime] = sa.bindparam("p_now")
+        ids = sa.bindparam("p_ids", type_=sa.ARRAY(sa.String)) if postgres else None
         self.dispatch = (
             jobs.update()
-            .where(jobs.c.id.in_(sa.bindparam("p_ids", expanding=True)))
+            .where(
+                jobs.c.id == sa.func.any(ids)
+                if ids is not None
+                else jobs.c.id.in_(sa.bindparam("p_ids", expanding=True))
+            )
             .values(state=DISPATCHED, dispatched_at=now, updated_at=now)
         )
         value = sa.bindparam("p_value", type_=sa.Float)

@@ -168,37 +168,43 @@ def _in(states: tuple[str, ...]) -> str:
 
 # -- batched statements (PostgreSQL): one statement for many jobs -------------------------------------
 
-#: Start many received jobs; ``restart`` marks redelivered messages (they may restart a running job).
-START_MANY_PG = f"""
-UPDATE fairlane_jobs AS j
-SET state = '{RUNNING}', attempts = j.attempts + 1, started_at = %(now)s, worker_id = %(worker)s,
-    updated_at = %(now)s
-FROM unnest(%(ids)s::text[], %(restart)s::boolean[]) AS v(id, restart)
-WHERE j.id = v.id
-  AND (j.state IN ({_in(START.sources)}) OR (v.restart AND j.state IN ({_in(RESTART.sources)})))
-RETURNING j.id, j.attempts, j.next_run_at
-"""
-
-#: Finish many running jobs, each to its own target (succeeded, retrying, dead or cancelled).
+#: One flush of a worker's ledger writer, in one statement (one round trip, one commit):
+#: finish many running jobs, each to its own target (succeeded, retrying, dead or cancelled),
+#: and start many received jobs (``restart`` marks redelivered messages, which may restart a
+#: running job); a data-modifying CTE always runs to completion. Returns one row per start id
+#: that exists, with its attempt number if it started: a missing row means an unknown job.
 #: A success keeps the error of an earlier attempt; a retry keeps the result columns empty.
-FINISH_MANY_PG = f"""
-UPDATE fairlane_jobs AS j
-SET state = v.state,
-    result = coalesce(v.result::json, j.result),
-    result_path = coalesce(v.result_path, j.result_path),
-    error_type = coalesce(v.error_type, j.error_type),
-    error_message = coalesce(v.error_message, j.error_message),
-    error_traceback = coalesce(v.error_traceback, j.error_traceback),
-    next_run_at = coalesce(v.run_at, j.next_run_at),
-    worker_id = CASE WHEN v.state = '{RETRYING}' THEN NULL ELSE j.worker_id END,
-    finished_at = CASE WHEN v.state = '{RETRYING}' THEN j.finished_at ELSE %(now)s END,
-    updated_at = %(now)s
-FROM unnest(%(ids)s::text[], %(states)s::text[], %(results)s::text[], %(result_paths)s::text[],
-            %(error_types)s::text[], %(error_messages)s::text[], %(error_tracebacks)s::text[],
-            %(run_ats)s::timestamptz[])
-     AS v(id, state, result, result_path, error_type, error_message, error_traceback, run_at)
-WHERE j.id = v.id AND j.state = '{RUNNING}'
-  AND v.state IN ({_in(tuple(FINISHES))})
+#: No job may be both finished and started in one flush (PostgreSQL would apply only one).
+FLUSH_PG = f"""
+WITH finished AS (
+  UPDATE fairlane_jobs AS j
+  SET state = f.state,
+      result = coalesce(f.result::json, j.result),
+      result_path = coalesce(f.result_path, j.result_path),
+      error_type = coalesce(f.error_type, j.error_type),
+      error_message = coalesce(f.error_message, j.error_message),
+      error_traceback = coalesce(f.error_traceback, j.error_traceback),
+      next_run_at = coalesce(f.run_at, j.next_run_at),
+      worker_id = CASE WHEN f.state = '{RETRYING}' THEN NULL ELSE j.worker_id END,
+      finished_at = CASE WHEN f.state = '{RETRYING}' THEN j.finished_at ELSE %(now)s END,
+      updated_at = %(now)s
+  FROM unnest(%(finish_ids)s::text[], %(states)s::text[], %(results)s::text[],
+              %(result_paths)s::text[], %(error_types)s::text[], %(error_messages)s::text[],
+              %(error_tracebacks)s::text[], %(run_ats)s::timestamptz[])
+       AS f(id, state, result, result_path, error_type, error_message, error_traceback, run_at)
+  WHERE j.id = f.id AND j.state = '{RUNNING}' AND f.state IN ({_in(tuple(FINISHES))})
+), started AS (
+  UPDATE fairlane_jobs AS j
+  SET state = '{RUNNING}', attempts = j.attempts + 1, started_at = %(now)s, worker_id = %(worker)s,
+      updated_at = %(now)s
+  FROM unnest(%(start_ids)s::text[], %(restart)s::boolean[]) AS s(id, restart)
+  WHERE j.id = s.id
+    AND (j.state IN ({_in(START.sources)}) OR (s.restart AND j.state IN ({_in(RESTART.sources)})))
+  RETURNING j.id, j.attempts, j.next_run_at
+)
+SELECT e.id, s.attempts, s.next_run_at
+FROM fairlane_jobs AS e LEFT JOIN started AS s ON s.id = e.id
+WHERE e.id = ANY(%(start_ids)s::text[])
 """
 
 

@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -33,14 +34,7 @@ import sqlalchemy as sa
 from fairlane.ledger.database import as_utc, utcnow
 from fairlane.ledger.jobs import JobError, Start, StartDecision, error_columns
 from fairlane.ledger.schema import DEAD, RETRYING, SUCCEEDED, jobs
-from fairlane.ledger.transitions import (
-    FINISH_MANY_PG,
-    FINISH_ONE,
-    FINISHES,
-    RESTART_ONE,
-    START_MANY_PG,
-    START_ONE,
-)
+from fairlane.ledger.transitions import FINISH_ONE, FINISHES, FLUSH_PG, RESTART_ONE, START_ONE
 
 logger = logging.getLogger("fairlane.ledger")
 
@@ -90,11 +84,11 @@ class LedgerWriter:
         self,
         engine: sa.Engine,
         worker_id: str,
-        on_started: Callable[[set[str]], None] | None = None,
+        on_started: Callable[[Counter[str]], None] | None = None,
     ) -> None:
         self.engine = engine
         self.worker_id = worker_id
-        #: Called after each flush with the queues of the jobs it started (their slots are free).
+        #: Called after each flush with how many jobs it started per queue (their slots are free).
         self.on_started = on_started
         self._postgresql = engine.dialect.name == "postgresql"
         self._starts: list[_Request] = []
@@ -103,7 +97,14 @@ class LedgerWriter:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._raw: Any = None  # the writer's own DBAPI connection (PostgreSQL)
-        self.flushes = 0
+        dbapi = engine.dialect.loaded_dbapi
+        #: Errors after which the flush is retried on a new connection (the database went away).
+        self._connection_errors: tuple[type[BaseException], ...] = (
+            sa.exc.OperationalError,
+            sa.exc.InterfaceError,
+            dbapi.OperationalError,
+            dbapi.InterfaceError,
+        )
 
     # -- the worker threads' side --------------------------------------------------------------------
 
@@ -158,8 +159,11 @@ class LedgerWriter:
             with self._lock:
                 while not (self._starts or self._finishes or self._stopping):
                     self._lock.wait()
-                starts, self._starts = self._starts, []
                 finishes, self._finishes = self._finishes, []
+                finishing = {request.job_id for request in finishes}
+                # A job is never finished and started in one flush: such a start waits for the next.
+                starts = [request for request in self._starts if request.job_id not in finishing]
+                self._starts = [request for request in self._starts if request.job_id in finishing]
                 if not (starts or finishes):
                     return  # stopping, and nothing left to flush
             self._flush_until_done(finishes, starts)
@@ -170,7 +174,7 @@ class LedgerWriter:
             try:
                 self._flush(finishes, starts)
                 return
-            except sa.exc.OperationalError as error:
+            except self._connection_errors as error:
                 self._close_raw()
                 error_text = str(error).splitlines()[0][:200]
                 if self._stopping and pause >= MAX_RETRY_PAUSE:
@@ -199,18 +203,9 @@ class LedgerWriter:
     def _flush(self, finishes: list[_Request], starts: list[_Request]) -> None:
         now = utcnow()
         if self._postgresql:
-            cursor = self._raw_connection().cursor()
-            try:
-                if finishes:
-                    self._finish_many_pg(cursor, finishes, now)
-                started = self._start_many_pg(cursor, starts, now) if starts else {}
-                missing = [request.job_id for request in starts if request.job_id not in started]
-                known = self._existing_pg(cursor, missing) if missing else set()
-            finally:
-                cursor.close()
+            started, known = self._flush_pg(finishes, starts, now)
         else:
             started, known = self._flush_sqlite(finishes, starts, now)
-        self.flushes += 1
         for request in finishes:
             request.resolve()
         claimed: set[str] = set()
@@ -225,17 +220,44 @@ class LedgerWriter:
                 request.resolve(Start(StartDecision.UNKNOWN))
         if claimed and self.on_started is not None:
             try:
-                self.on_started({request.queue for request in starts if request.job_id in claimed})
+                self.on_started(Counter(request.queue for request in starts if request.job_id in claimed))
             except Exception:
                 logger.exception("event=admission_request_failed")
 
     # -- PostgreSQL ----------------------------------------------------------------------------------
 
+    def _flush_pg(
+        self, finishes: Sequence[_Request], starts: Sequence[_Request], now: datetime
+    ) -> tuple[dict[str, Any], set[str]]:
+        """The whole flush as one statement: one round trip and one commit."""
+        items = [request.finish for request in finishes if request.finish is not None]
+        errors = [error_columns(item.error) for item in items]
+        parameters = {
+            "now": now,
+            "worker": self.worker_id,
+            "finish_ids": [item.job_id for item in items],
+            "states": [item.state for item in items],
+            "results": [item.result_json for item in items],
+            "result_paths": [item.result_path for item in items],
+            "error_types": [error[0] for error in errors],
+            "error_messages": [error[1] for error in errors],
+            "error_tracebacks": [error[2] for error in errors],
+            "run_ats": [item.run_at for item in items],
+            "start_ids": [request.job_id for request in starts],
+            "restart": [request.restart for request in starts],
+        }
+        rows = self._raw_connection().execute(FLUSH_PG, parameters, prepare=True).fetchall()
+        started = {row[0]: (row[1], row[2]) for row in rows if row[1] is not None}
+        return started, {row[0] for row in rows}
+
     def _raw_connection(self) -> Any:
+        """The writer's own psycopg connection (kept out of the pool for the writer's life)."""
         if self._raw is None:
-            raw = self.engine.raw_connection()
-            raw.driver_connection.autocommit = True  # type: ignore[union-attr]
-            self._raw = raw
+            pooled = self.engine.raw_connection()
+            connection = pooled.driver_connection
+            pooled.detach()
+            connection.autocommit = True  # type: ignore[union-attr]
+            self._raw = connection
         return self._raw
 
     def _close_raw(self) -> None:
@@ -243,43 +265,9 @@ class LedgerWriter:
         if raw is None:
             return
         try:
-            raw.invalidate()
+            raw.close()
         except Exception:  # already broken: nothing to give back
             logger.debug("event=ledger_writer_connection_dropped")
-
-    def _start_many_pg(self, cursor: Any, starts: Sequence[_Request], now: datetime) -> dict[str, Any]:
-        cursor.execute(
-            START_MANY_PG,
-            {
-                "ids": [request.job_id for request in starts],
-                "restart": [request.restart for request in starts],
-                "now": now,
-                "worker": self.worker_id,
-            },
-        )
-        return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
-
-    def _finish_many_pg(self, cursor: Any, finishes: Sequence[_Request], now: datetime) -> None:
-        items = [request.finish for request in finishes if request.finish is not None]
-        errors = [error_columns(item.error) for item in items]
-        cursor.execute(
-            FINISH_MANY_PG,
-            {
-                "now": now,
-                "ids": [item.job_id for item in items],
-                "states": [item.state for item in items],
-                "results": [item.result_json for item in items],
-                "result_paths": [item.result_path for item in items],
-                "error_types": [error[0] for error in errors],
-                "error_messages": [error[1] for error in errors],
-                "error_tracebacks": [error[2] for error in errors],
-                "run_ats": [item.run_at for item in items],
-            },
-        )
-
-    def _existing_pg(self, cursor: Any, job_ids: list[str]) -> set[str]:
-        cursor.execute("SELECT id FROM fairlane_jobs WHERE id = ANY(%(ids)s::text[])", {"ids": job_ids})
-        return {row[0] for row in cursor.fetchall()}
 
     # -- SQLite --------------------------------------------------------------------------------------
 

@@ -13,7 +13,8 @@ in reverse order), so it sees each attempt's final outcome:
 
 Queue wait is start time minus the moment the job became runnable (accepted, or its delay
 or backoff ended), so delays and backoffs are not counted as waiting. In progress and the
-oldest running attempt's age are gauges, refreshed every second while the worker runs.
+oldest running attempt's age are gauges; the age is refreshed every second while the worker
+runs. Each (queue, actor, lane) resolves its labelled series once: a job pays no label lookup.
 The middleware also keeps this process's own counts (processed, in progress) for heartbeats.
 """
 
@@ -46,17 +47,28 @@ from fairlane.observability.catalog import (
 AGE_REFRESH_INTERVAL = 1.0
 
 
+class _Series:
+    """The labelled series of one (queue, actor, lane), each resolved on first use.
+
+    An outcome's series appears only once that outcome happened (no zero series for it).
+    """
+
+    def __init__(self, queue: str, actor: str, lane: str) -> None:
+        self.queue = queue
+        self._labels = {"queue": queue, "actor": actor, "lane": lane}
+        self._children: dict[int, Any] = {}
+
+    def __getitem__(self, metric: Any) -> Any:
+        child = self._children.get(id(metric))
+        if child is None:
+            child = self._children.setdefault(id(metric), metric.labels(**self._labels))
+        return child
+
+
 @dataclasses.dataclass(frozen=True)
 class _Attempt:
-    queue: str
-    actor: str
-    lane: str
+    series: _Series
     started: float  # monotonic
-    started_at: float  # wall clock
-
-    @property
-    def labels(self) -> dict[str, str]:
-        return {"queue": self.queue, "actor": self.actor, "lane": self.lane}
 
 
 class Metrics(Middleware):
@@ -64,6 +76,7 @@ class Metrics(Middleware):
 
     def __init__(self) -> None:
         self._running: dict[tuple[str, int], _Attempt] = {}
+        self._series: dict[tuple[str, str, str], _Series] = {}
         self._queues: set[str] = set()
         self._lock = threading.Lock()
         self._processed = 0
@@ -97,17 +110,19 @@ class Metrics(Middleware):
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         queue = broker.actor_queue_of(message.queue_name)  # type: ignore[attr-defined]
         lane = str(message.options.get("priority") or message.queue_name.rpartition(".")[2])
-        attempt = _Attempt(queue, message.actor_name, lane, time.monotonic(), time.time())
-        labels = attempt.labels
-        JOBS_STARTED.labels(**labels).inc()
+        key = (queue, message.actor_name, lane)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series.setdefault(key, _Series(*key))
+        attempt = _Attempt(series, time.monotonic())
+        series[JOBS_STARTED].inc()
         runnable_since = message.options.get(RUNNABLE_SINCE_OPTION)
         if isinstance(runnable_since, int | float):
-            JOB_QUEUE_WAIT_SECONDS.labels(**labels).observe(max(0.0, attempt.started_at - runnable_since))
-        JOBS_IN_PROGRESS.labels(**labels).inc()
+            series[JOB_QUEUE_WAIT_SECONDS].observe(max(0.0, time.time() - runnable_since))
+        series[JOBS_IN_PROGRESS].inc()
         with self._lock:
             self._running[(message.message_id, threading.get_ident())] = attempt
             self._queues.add(queue)
-        self.refresh_ages()
 
     def after_process_message(
         self,
@@ -120,18 +135,15 @@ class Metrics(Middleware):
         attempt = self._finish(message, processed=True)
         if attempt is None:
             return
-        labels = attempt.labels
-        JOB_DURATION_SECONDS.labels(**labels).observe(time.monotonic() - attempt.started)
+        series = attempt.series
+        series[JOB_DURATION_SECONDS].observe(time.monotonic() - attempt.started)
         if isinstance(exception, JobCancelled):
-            JOBS_CANCELLED.labels(**labels).inc()
+            series[JOBS_CANCELLED].inc()
         elif exception is None and not message.failed:
-            JOBS_SUCCEEDED.labels(**labels).inc()
+            series[JOBS_SUCCEEDED].inc()
         else:
-            JOBS_FAILED.labels(**labels).inc()
-            if message.failed:
-                JOBS_DEAD.labels(**labels).inc()
-            else:
-                JOBS_RETRIED.labels(**labels).inc()
+            series[JOBS_FAILED].inc()
+            series[JOBS_DEAD if message.failed else JOBS_RETRIED].inc()
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         # Only a middleware after this one can skip a message this one saw start; the attempt
@@ -146,7 +158,8 @@ class Metrics(Middleware):
         with self._lock:
             oldest: dict[str, float] = dict.fromkeys(self._queues, 0.0)
             for attempt in self._running.values():
-                oldest[attempt.queue] = max(oldest[attempt.queue], now - attempt.started)
+                queue = attempt.series.queue
+                oldest[queue] = max(oldest[queue], now - attempt.started)
         for queue, age in oldest.items():
             OLDEST_RUNNING_JOB_AGE_SECONDS.labels(queue=queue).set(age)
 
@@ -156,8 +169,7 @@ class Metrics(Middleware):
             if attempt is not None and processed:
                 self._processed += 1
         if attempt is not None:
-            JOBS_IN_PROGRESS.labels(**attempt.labels).dec()
-            self.refresh_ages()
+            attempt.series[JOBS_IN_PROGRESS].dec()
         return attempt
 
     def _refresh_ages(self) -> None:
