@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     dispatch_budget: int | None = Field(default=None, ge=1, le=10_000)
     """How many jobs of one queue may sit published-but-not-started in RabbitMQ. Unset: twice
     the worker threads consuming the queue, from the live workers' heartbeats."""
+    prefetch_per_thread: int = Field(default=2, ge=1, le=4)
+    """Unacked messages per worker thread and lane queue: 2 (Dramatiq's default) keeps a ready job
+    beside each running one; 1 suits long jobs, which then never wait behind another in a busy
+    worker while an idle one could run them."""
     admission_interval: float = Field(default=0.5, gt=0, le=60)
     """Seconds between a worker's sweeps for jobs that became due (retries, delays)."""
     cancel_poll_interval: float = Field(default=0.5, gt=0, le=60)

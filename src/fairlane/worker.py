@@ -80,7 +80,9 @@ def _worker_with_heartbeat(
         broker.emit_after("process_boot")
         broker._fairlane_booted = True  # type: ignore[attr-defined]
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
-    worker.queue_prefetch = threads  # one message per worker thread: the budget, not prefetch, buffers
+    # With 2 unacked messages per thread (DESIGN: 1-2), one runs and one is ready, so a thread
+    # never waits for an ack's round trip to RabbitMQ before its next job; the budget bounds the rest.
+    worker.queue_prefetch = app.settings.prefetch_per_thread * threads
     worker.work_queue = LaneWorkQueue(broker.lane_ranks)  # prefetched urgent work runs first
     worker.start()
     heartbeat = WorkerHeartbeat(app, worker, status_file=status_file)

@@ -125,6 +125,8 @@ def workers(broker_url: str, postgres_url: str, tmp_path: Path) -> Iterator[Work
         "FAIRLANE_METRICS_DIR": str(tmp_path / "metrics"),
         "FAIRLANE_ADMISSION_INTERVAL": "0.05",
         "FAIRLANE_CANCEL_POLL_INTERVAL": "0.05",
+        # One message per thread: these tests count exactly which process holds which long job.
+        "FAIRLANE_PREFETCH_PER_THREAD": "1",
         QUEUE_VARIABLE: queue,
         "PYTHONUNBUFFERED": "1",
     }

@@ -1,21 +1,29 @@
 """The ledger writer: one thread per worker process that flushes job starts and finishes in batches.
 
-Worker threads hand their starts and finishes to the writer and wait for them to be flushed.
-The writer flushes whatever has accumulated as one statement per kind (on PostgreSQL,
-``UPDATE … FROM unnest(…)`` on its own autocommit connection; on SQLite, one transaction),
-then starts over at once: *natural batching*, no timer. An idle worker pays one round trip
-per start and per finish; a busy one pays a few per batch of jobs.
+Worker threads hand their starts and finishes to the writer. The writer flushes whatever has
+accumulated as one statement (on PostgreSQL, ``UPDATE … FROM unnest(…)`` for the finishes and
+the starts together, on its own autocommit connection; on SQLite, one transaction), then
+starts over at once: *natural batching*, no timer. An idle worker pays one round trip per
+start and per finish; a busy one pays one per batch of jobs.
 
-**Ack order.** A worker thread waits for its finish to be flushed before Dramatiq acks the
-message, so at every instant a job is either unacked in RabbitMQ or finished in the ledger:
+A start blocks its thread until flushed: whether the job may run (not cancelled, not already
+running or finished) is decided there. A finish does not block: the thread moves on and
+Dramatiq acks the message while the finish waits for the next flush.
 
-* killed before the finish was flushed: the message is redelivered and the job runs again
-  (at-least-once), or the reaper returns it to the backlog once the worker's heartbeat stops;
-* killed after the flush, before the ack: the redelivered message finds the job finished and
-  is skipped.
+**Crashes (at-least-once).** A job is running in the ledger from its start's flush on, so a
+worker killed at any instant leaves each of its jobs in one of these states:
+
+* started, message unacked (running, or finished but not yet acked): RabbitMQ redelivers the
+  message and the job runs again once the reaper has given up on the dead worker;
+* acked, finish not yet flushed: the row still says running under the dead worker, and the
+  reaper returns the job to the backlog once the worker's heartbeat stops: it runs again;
+* finish flushed: done; a redelivered copy finds the job finished and is skipped.
+
+A clean stop (SIGTERM) flushes every pending finish before the process exits.
 
 A flush that fails on a lost connection is retried (with a growing pause) until it succeeds or
-the writer stops; one that fails on a bad row is split, so only that job's thread sees the error.
+the writer stops; one that fails on a bad row is split, so only that job sees the error (a
+start raises in its thread; a finish is logged and the job is marked dead with the reason).
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ from fairlane.ledger.transitions import FINISH_ONE, FINISHES, FLUSH_PG, RESTART_
 
 logger = logging.getLogger("fairlane.ledger")
 
+#: Error type recorded on a job whose finish the ledger refused.
+_REFUSED = "LedgerWriteRefused"
 #: Longest pause between two tries of a flush that failed on a lost connection.
 MAX_RETRY_PAUSE = 2.0
 
@@ -118,16 +128,18 @@ class LedgerWriter:
         return request.start
 
     def finish(self, finish: Finish) -> None:
-        """Record how a running job's attempt ended; blocks until flushed (so the ack comes after)."""
-        self._submit(_Request(finish.job_id, finish=finish))
+        """Record how a running job's attempt ended, at the next flush (this does not wait)."""
+        self._submit(_Request(finish.job_id, finish=finish), wait=False)
 
-    def _submit(self, request: _Request) -> _Request:
+    def _submit(self, request: _Request, *, wait: bool = True) -> _Request:
         with self._lock:
             if self._thread is None or self._stopping or not self._thread.is_alive():
                 self._begin()
             # The lists are swapped by each flush: pick this one under the lock.
             (self._starts if request.finish is None else self._finishes).append(request)
             self._lock.notify()
+        if not wait:
+            return request
         request.done.wait()
         if request.error is not None:
             raise request.error
@@ -191,6 +203,8 @@ class LedgerWriter:
                 pause = min(pause * 2, MAX_RETRY_PAUSE)
             except Exception as error:
                 if len(finishes) + len(starts) == 1:
+                    if finishes:
+                        self._refused(finishes[0], error)
                     (finishes or starts)[0].resolve(error=error)
                     return
                 # A bad row fails the whole statement: flush the jobs one by one.
@@ -199,6 +213,20 @@ class LedgerWriter:
                 for request in starts:
                     self._flush_until_done([], [request])
                 return
+
+    def _refused(self, request: _Request, error: Exception) -> None:
+        """The ledger refused a job's finish (a value it can't store): dead-letter it with the reason."""
+        finish = request.finish
+        if finish is None:
+            return
+        logger.error(
+            "event=ledger_finish_refused job=%s state=%s error=%s", finish.job_id, finish.state, error
+        )
+        if finish.error is not None and finish.error.type == _REFUSED:
+            return  # even the plain dead-letter record was refused: the reaper's turn
+        reason = JobError(_REFUSED, f"the ledger refused its {finish.state} record: {type(error).__name__}")
+        dead = Finish(finish.job_id, DEAD, error=reason)
+        self._flush_until_done([_Request(finish.job_id, finish=dead)], [])
 
     def _flush(self, finishes: list[_Request], starts: list[_Request]) -> None:
         now = utcnow()
