@@ -12,6 +12,7 @@ ledger backlog and the queue's :class:`~fairlane.dispatch.Dispatcher` admits it 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import time
@@ -166,10 +167,12 @@ class FairlaneBroker(RabbitmqBroker):
     def _publish_accepted(self, job: NewJob, stored: Message[Any]) -> None:
         """Publish a job its accept dispatched; if RabbitMQ refuses, the job waits in the backlog.
 
-        The send has succeeded either way: the job's row is committed, so it will run.
+        The send has succeeded either way: its committed row is the promise that the job runs.
+        So the publish does not wait for a confirm: a message RabbitMQ loses in a crash leaves
+        its job dispatched, and the reaper publishes it again after ``dispatch_timeout``.
         """
         try:
-            self.publish(stored)
+            self._publish_unconfirmed(job.queue, job.lane, job.message.encode())
         except (ConnectionClosed, pika.exceptions.AMQPError) as error:
             self.admission.unadmit([job.id])
             self.dispatcher.request([job.queue])
@@ -204,6 +207,26 @@ class FairlaneBroker(RabbitmqBroker):
             if self.dispatcher.admit(queue, wait=False) is None:
                 self.dispatcher.request([queue])
         return [stored for _, stored in prepared]
+
+    def _publish_unconfirmed(self, queue: str, lane: str, body: bytes) -> None:
+        """Publish one persistent message to a lane queue without waiting for RabbitMQ."""
+        self.declare_queue(queue, ensure=True)
+        for attempt in range(2):  # a connection that died while idle is replaced once
+            channel = getattr(self.state, "plain_channel", None)
+            try:
+                if channel is None or not channel.is_open or channel.connection is not self.connection:
+                    channel = self.state.plain_channel = self.connection.channel()
+                channel.basic_publish(
+                    exchange="",
+                    routing_key=self.lane_queue_name(queue, lane),
+                    body=body,
+                    properties=_PERSISTENT,
+                )
+                return
+            except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
+                del self.connection
+                if attempt:
+                    raise ConnectionClosed(error) from None
 
     def publish(self, message: Message[Any]) -> None:
         """Publish one admitted message to its lane queue, waiting for RabbitMQ's confirm."""
@@ -343,10 +366,17 @@ def _replace_options(message: Message[Any], options: dict[str, Any]) -> Message[
     )
 
 
-def _check_signature(fn: Callable[..., Any], message: Message[Any]) -> None:
+@functools.lru_cache(maxsize=4096)
+def _signature_of(fn: Callable[..., Any]) -> inspect.Signature | None:
     try:
-        signature = inspect.signature(fn)
+        return inspect.signature(fn)
     except (TypeError, ValueError):  # builtins and some C callables have none
+        return None
+
+
+def _check_signature(fn: Callable[..., Any], message: Message[Any]) -> None:
+    signature = _signature_of(fn)
+    if signature is None:
         return
     try:
         signature.bind(*message.args, **message.kwargs)

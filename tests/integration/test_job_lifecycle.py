@@ -39,7 +39,7 @@ def test_job_moves_pending_dispatched_running_succeeded(app: Any, queue: str, wo
         queue,
         "export_catalog",
     )
-    assert lane_depth(app, queue, "high") == 1
+    eventually(lambda: lane_depth(app, queue, "high") == 1, message="published")  # sends publish unconfirmed
 
     # When a worker picks it up, it is running with one attempt and progress
     with worker(threads=2):
@@ -90,7 +90,7 @@ def test_dispatch_budget_keeps_rabbitmq_queue_short(make_app: Any, queue: str) -
     states = [fairlane.jobs.get(job_id).state for job_id in ids]
     assert states.count("dispatched") == 3
     assert states.count("pending") == 17
-    assert lane_depth(app, queue) == 3
+    eventually(lambda: lane_depth(app, queue) == 3, message="published")  # sends publish unconfirmed
 
     # And once a worker runs, every job is admitted and succeeds
     from fairlane.worker import running_worker
@@ -341,7 +341,7 @@ def test_idempotency_key_dedupes_per_tenant(app: Any, queue: str) -> None:
     assert second.message_id == first.message_id
     assert other.message_id != first.message_id
     assert len(fairlane.jobs.list(tenant="store-42", queue=queue)) == 1
-    assert lane_depth(app, queue) == 2
+    eventually(lambda: lane_depth(app, queue) == 2, message="published")  # sends publish unconfirmed
 
 
 def test_large_result_goes_to_results_dir_and_reads_back(make_app: Any, queue: str) -> None:

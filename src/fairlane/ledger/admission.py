@@ -247,17 +247,24 @@ class Admission:
             self._ensure_queue_row(queue)
         for job in batch:
             groups.setdefault((job.queue, job.lane, job.tenant), []).append(job)
+        now = utcnow()
         with self.engine.begin() as connection:
             rows = []
             for (queue, lane, tenant), members in groups.items():
                 passes = self._next_passes(connection, queue, lane, tenant, [job.cost for job in members])
                 rows += [
-                    self._row(job, stride_pass) for job, stride_pass in zip(members, passes, strict=True)
+                    self._row(job, stride_pass, now) for job, stride_pass in zip(members, passes, strict=True)
                 ]
-            connection.execute(jobs.insert(), rows)
-            if self._postgresql:
-                for queue in {job.queue for job in batch}:
-                    connection.execute(self._statements.notify, {"p_queue": queue})
+            if not self._postgresql:
+                connection.execute(jobs.insert(), rows)
+                return
+            # COPY: one stream for the whole batch, several times faster than row-by-row inserts.
+            cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            with cursor.copy(_COPY_JOBS) as copy:
+                for row in rows:
+                    copy.write_row([row[column] for column in _COPY_COLUMNS])
+            for queue in {job.queue for job in batch}:
+                connection.execute(self._statements.notify, {"p_queue": queue})
 
     def _row(self, job: NewJob, stride_pass: float, now: datetime | None = None) -> dict[str, Any]:
         now = now or utcnow()
@@ -660,6 +667,26 @@ class _Statements:
             )
         )
 
+
+_COPY_COLUMNS = (
+    "id",
+    "actor",
+    "queue",
+    "tenant",
+    "lane",
+    "lane_rank",
+    "state",
+    "stride_pass",
+    "cost",
+    "message",
+    "idempotency_key",
+    "rate_key",
+    "rate_tokens",
+    "enqueued_at",
+    "next_run_at",
+    "updated_at",
+)
+_COPY_JOBS = f"COPY fairlane_jobs ({', '.join(_COPY_COLUMNS)}) FROM STDIN"
 
 #: The accept of one job on PostgreSQL, in one statement: the idle check, the tenant's stride
 #: pass (only when the job waits), the insert, and a NOTIFY to the queue's dispatchers.

@@ -24,6 +24,7 @@ BACKLOG_PREDICATE = _BACKLOG_WHERE = sa.text("state IN ('pending', 'retrying')")
 _FINAL_WHERE = sa.text("state IN ('succeeded', 'dead', 'cancelled')")
 LIVE_PREDICATE = _LIVE_WHERE = sa.text("state IN ('dispatched', 'running')")
 DISPATCHED_PREDICATE = _DISPATCHED_WHERE = sa.text("state = 'dispatched'")
+_HAS_KEY = sa.text("idempotency_key IS NOT NULL")
 
 
 def _ts(name: str, *, nullable: bool = True) -> sa.Column[object]:
@@ -70,7 +71,6 @@ jobs = sa.Table(
         postgresql_where=_BACKLOG_WHERE,
         sqlite_where=_BACKLOG_WHERE,
     ),
-    sa.Index("ix_fairlane_jobs_state", "state", "queue", "enqueued_at"),
     sa.Index("ix_fairlane_jobs_tenant", "tenant", "enqueued_at", "id"),
     sa.Index(
         "ix_fairlane_jobs_cleanup",
@@ -102,7 +102,14 @@ jobs = sa.Table(
         postgresql_where=_BACKLOG_WHERE,
         sqlite_where=_BACKLOG_WHERE,
     ),
-    sa.UniqueConstraint("tenant", "idempotency_key", name="uq_fairlane_jobs_idempotency"),
+    sa.Index(
+        "uq_fairlane_jobs_idempotency",
+        "tenant",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=_HAS_KEY,
+        sqlite_where=_HAS_KEY,
+    ),
 )
 
 #: One row per actor queue; admission rounds of a queue take turns by locking its row.
