@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -19,6 +18,7 @@ from fairlane.app import App, get_app
 from fairlane.errors import JobNotFound, SettingsError
 from fairlane.ledger.database import utcnow
 from fairlane.ledger.jobs import Job
+from fairlane.logs import configure_logging
 
 # Piped output keeps whole job ids on one line (rich would squeeze them into 80 columns).
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -35,16 +35,6 @@ def parse_duration(text: str) -> timedelta:
     for number, unit in parts:
         total += timedelta(**{_UNITS[unit]: int(number)})
     return total
-
-
-def configure_logging(verbose: bool) -> None:
-    """Structured (key=value) log lines on stderr; pika and alembic only from WARNING."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-    )
-    for noisy in ("pika", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 # -- worker ---------------------------------------------------------------------------------------------

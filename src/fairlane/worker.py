@@ -38,6 +38,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.registry import Collector
 
 from fairlane.app import App, get_app
+from fairlane.logs import configure_logging
 from fairlane.observability.catalog import (
     mark_process_dead,
     prepare_multiprocess_dir,
@@ -266,8 +267,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ``fairlane worker --processes N`` starts these; run ``fairlane worker`` yourself instead.
     """
-    from fairlane.cli import configure_logging
-
     parser = argparse.ArgumentParser(prog="python -m fairlane.worker", description=main.__doc__)
     parser.add_argument("modules", nargs="+", metavar="MODULE")
     parser.add_argument("--threads", type=int, required=True)

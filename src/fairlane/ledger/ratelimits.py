@@ -10,8 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from fairlane.ledger.budgets import WINDOW, Budget
 from fairlane.ledger.schema import jobs, rate_limits
-from fairlane.ratelimit import WINDOW, Budget
 from fairlane.settings import RateLimit
 
 

@@ -1,0 +1,15 @@
+"""Log setup of fairlane's processes (CLI commands, worker processes): one key=value line per event."""
+
+from __future__ import annotations
+
+import logging
+
+
+def configure_logging(verbose: bool) -> None:
+    """Structured (key=value) log lines on stderr; pika and alembic only from WARNING."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+    )
+    for noisy in ("pika", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
