@@ -31,7 +31,7 @@ Scenarios (``--quick`` divides the sizes by about 10 and shortens the rate-limit
    start - sent; p50/p99 (nearest rank) and max over the 200 light jobs; drain = last job's
    end - A's first send. A backlog not drained ``--drain-cap`` s after the light and urgent jobs
    ran is reported with its drain time projected from the jobs done so far. Rows "where the
-   delay went": the send() call (fairlane: split into its ledger accept, admission and
+   delay went": the send() call (fairlane: split into its ledger accept and
    publish steps by wrapping those methods in this process) and, from the fairlane ledger,
    enqueued_at → dispatched_at and dispatched_at → started_at (``dispatched_at`` is stamped
    when the admission round that published the job began, before it waited for the queue's
@@ -242,8 +242,7 @@ def fairlane_phase(
         app = fairlane.configure(fairlane.load_settings(**overrides))
         timer = PhaseTimer()
         timer.wrap(app.admission, "accept", "accept")
-        timer.wrap(app.admission, "admit", "admit")
-        timer.wrap(app.broker, "publish", "publish")
+        timer.wrap(app.broker, "_publish_unconfirmed", "publish")
         try:
             actors = _fairness_fairlane_actors.declare(queue, api or None)
             yield Phase("fairlane", name, queue, env, actors, ledger, app, timer)
@@ -806,9 +805,8 @@ def window_stats(calls: list[tuple[float, float]], limit: float, end: float) -> 
 # -- scenario 5: throughput ------------------------------------------------------------------------
 
 SEND_STEPS = {
-    "accept": "send(): ledger accept txn",
-    "admit": "send(): admission txn (queue lock)",
-    "publish": "send(): publish + confirm",
+    "accept": "send(): ledger accept (one statement)",
+    "publish": "send(): publish, idle fast path (no confirm)",
 }
 THROUGHPUT_SYSTEMS = ("fairlane", "fairlane-nofair", "dramatiq", "celery")
 THROUGHPUT_LABEL = {
@@ -1224,9 +1222,12 @@ def print_header(run: Run) -> None:
     )
     from fairlane.settings import load_settings
 
+    settings = load_settings()
+    budget = settings.dispatch_budget or "4 x worker threads"
     console.print(
-        f"fairlane ledger: {ledger}; dispatch budget {load_settings().dispatch_budget}, prefetch 1 per "
-        f"thread; source {_source_version()}; scenarios: {', '.join(run.args.scenario)}"
+        f"fairlane ledger: {ledger}; dispatch budget {budget}, "
+        f"prefetch {settings.prefetch_per_thread} per thread; source {_source_version()}; "
+        f"scenarios: {', '.join(run.args.scenario)}"
     )
     for line in (
         "baselines: Dramatiq = stock RabbitmqBroker, default middleware, prefetch 2/thread, FIFO queue, "

@@ -538,7 +538,7 @@ class PhaseTimer:
 #: Steps of fairlane's send() and send_many(), by the name they are recorded under.
 FAIRLANE_STEPS = {
     "accept": "ledger accept (one statement)",
-    "publish": "publish + RabbitMQ confirm, idle fast path",
+    "publish": "publish (no confirm: the committed row is the promise), idle fast path",
     "accept_many": "ledger insert of up to 1,000 jobs",
     "admit": "admission round (ledger)",
     "publish_batch": "publish of the round (AMQP transaction)",
@@ -549,7 +549,7 @@ def wrap_fairlane_steps(timer: PhaseTimer, app: Any) -> list[str]:
     """Wrap the sender app's step methods; returns the ones missing (not timed)."""
     targets = {
         "accept": (app.admission, "accept"),
-        "publish": (app.broker, "publish"),
+        "publish": (app.broker, "_publish_unconfirmed"),
         "accept_many": (app.admission, "accept_many"),
         "admit": (app.admission, "admit"),
         "publish_batch": (app.dispatcher, "publish_batch"),

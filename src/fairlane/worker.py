@@ -52,9 +52,6 @@ from fairlane.work_queue import LaneWorkQueue
 
 logger = logging.getLogger("fairlane.worker")
 
-#: Seconds a thread may hold the GIL while others wait (Python's default is 0.005).
-SWITCH_INTERVAL = 0.0005
-
 
 class _ResultsAreStored(logging.Filter):
     """Drop Dramatiq's warning that results are discarded: fairlane's Results middleware keeps them."""
@@ -126,9 +123,6 @@ def run_process(
     Without ``status_dir`` the process is the whole pod: it serves ``/metrics`` and the health
     endpoints. With it, a supervisor does, and this process writes its status file there.
     """
-    # The ledger writer and the dispatcher hand work to many threads: a thread that waited on a
-    # socket should get the GIL back in well under the default 5 ms, or every flush waits that long.
-    sys.setswitchinterval(SWITCH_INTERVAL)
     app = get_app()
     settings = app.settings
     supervised = status_dir is not None

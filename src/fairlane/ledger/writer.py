@@ -310,11 +310,13 @@ class LedgerWriter:
                 assert item is not None
                 connection.execute(FINISH_ONE[item.state], _finish_parameters(item, now))
             for request in starts:
+                if request.job_id in started:
+                    continue  # a second copy in the same batch: one start, counted once
                 statement = RESTART_ONE if request.restart else START_ONE
                 parameters = {"p_id": request.job_id, "p_now": now, "p_worker": self.worker_id}
                 row = connection.execute(statement, parameters).first()
                 if row is not None:
-                    started.setdefault(request.job_id, (row.attempts, row.next_run_at))
+                    started[request.job_id] = (row.attempts, row.next_run_at)
             missing = [request.job_id for request in starts if request.job_id not in started]
             if missing:
                 known = set(connection.scalars(sa.select(jobs.c.id).where(jobs.c.id.in_(missing))))
