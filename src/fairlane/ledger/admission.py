@@ -43,6 +43,12 @@ from fairlane.ledger.schema import (
 )
 from fairlane.settings import Settings
 
+
+def _overtake_budget(budget: int) -> int:
+    """The dispatch limit for a job that overtakes a lower lane's backlog (see ``accept``)."""
+    return budget + max(1, budget // 2)
+
+
 #: The PostgreSQL NOTIFY channel on which senders wake the dispatchers of a queue (payload: queue).
 ADMISSION_CHANNEL = "fairlane_admission"
 #: Seconds a process trusts its cached tenant weights and caps.
@@ -138,8 +144,10 @@ class Admission:
     def accept(self, job: NewJob, budget: int | None = None) -> Accepted:
         """Insert a job with its stride tag; ``dispatched`` at once if its queue is idle.
 
-        The queue is idle when fewer than ``budget`` of its jobs are dispatched and no job of
-        the same or a higher lane is due in its backlog. Then the job is inserted
+        The job may take a slot when no job of its lane or a higher one is due in the backlog
+        and fewer than ``budget`` of the queue's jobs are dispatched, or, when only lower lanes
+        have backlog, fewer than ``budget`` plus half of it: a job that overtakes a lower lane's
+        backlog does not wait for that backlog's slots to free up. Then the job is inserted
         ``dispatched`` (the caller publishes it) and charges nothing to its tenant's stride
         pass: fairness accounts for contention only. Jobs with a delay, a rate-limit key or
         a tenant cap that applies always wait for an admission round. On PostgreSQL the
@@ -202,6 +210,7 @@ class Admission:
             "run_at": max(job.run_at, now),
             "eligible": budget is not None,
             "budget": budget or 0,
+            "overtake_budget": _overtake_budget(budget or 0),
             "fair": fair,
             "increment": job.cost / weight,
             "fifo_pass": time.time(),
@@ -217,20 +226,19 @@ class Admission:
             return self._job_with_key(connection, job.tenant, job.idempotency_key) or job.id
 
     def _idle(self, connection: sa.Connection, job: NewJob, now: datetime, budget: int) -> bool:
-        """Whether the queue has a free slot and nothing due at ``job``'s lane or above (SQLite)."""
-        if self._dispatched_count(connection, job.queue) >= budget:
-            return False
-        waiting = (
-            sa.select(jobs.c.id)
-            .where(
-                jobs.c.queue == job.queue,
-                BACKLOG_PREDICATE,
-                jobs.c.lane_rank <= job.lane_rank,
-                jobs.c.next_run_at <= now,
+        """Whether ``job`` may take a slot now (SQLite; see :meth:`accept`)."""
+
+        def due(*rank_condition: sa.ColumnElement[bool]) -> bool:
+            query = sa.select(jobs.c.id).where(
+                jobs.c.queue == job.queue, BACKLOG_PREDICATE, jobs.c.next_run_at <= now, *rank_condition
             )
-            .limit(1)
-        )
-        return connection.execute(waiting).first() is None
+            return connection.execute(query.limit(1)).first() is not None
+
+        if due(jobs.c.lane_rank <= job.lane_rank):
+            return False
+        overtaking = due(jobs.c.lane_rank > job.lane_rank)
+        limit = _overtake_budget(budget) if overtaking else budget
+        return self._dispatched_count(connection, job.queue) < limit
 
     def _virtual_time(self, connection: sa.Connection, queue: str, lane: str) -> float:
         if not self.settings.fairness:
@@ -697,7 +705,11 @@ WITH vt AS (
 ), room AS (
   SELECT %(eligible)s
      AND (SELECT count(*) FROM fairlane_jobs WHERE queue = %(queue)s AND {DISPATCHED_PREDICATE})
-         < %(budget)s
+         < CASE WHEN EXISTS (
+                  SELECT 1 FROM fairlane_jobs
+                  WHERE queue = %(queue)s AND {BACKLOG_PREDICATE} AND lane_rank > %(rank)s
+                    AND next_run_at <= %(now)s)
+                THEN %(overtake_budget)s ELSE %(budget)s END
      AND NOT EXISTS (
        SELECT 1 FROM fairlane_jobs
        WHERE queue = %(queue)s AND {BACKLOG_PREDICATE} AND lane_rank <= %(rank)s AND next_run_at <= %(now)s
