@@ -228,10 +228,6 @@ class FairlaneBroker(RabbitmqBroker):
                 if attempt:
                     raise ConnectionClosed(error) from None
 
-    def publish(self, message: Message[Any]) -> None:
-        """Publish one admitted message to its lane queue, waiting for RabbitMQ's confirm."""
-        super().enqueue(message)
-
     def publish_batch(self, queue: str, admitted: Sequence[AdmittedJob]) -> None:
         """Publish an admission round in one AMQP transaction: one broker round trip for all.
 

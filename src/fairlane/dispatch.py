@@ -3,7 +3,8 @@
 It owns the admission requests (queues whose slots were freed), the rate-limit hints (when a
 job held back by a budget may be affordable), the dispatch budget of each queue, its
 thread, the admit step (a round in the ledger) and the publish step (one AMQP transaction
-per round).
+per round, committed before the round's ledger transaction, so a crash between the two never
+leaves a job dispatched without a message).
 
 **When rounds run.** A worker's job starts free dispatch slots: the ledger writer reports them
 after each flush, and once half of a queue's budget is free (at least one slot) the
@@ -33,7 +34,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import pika.exceptions
 import sqlalchemy as sa
+from dramatiq.errors import ConnectionClosed
 
 from fairlane.ledger.admission import ADMISSION_CHANNEL, Admission, AdmittedJob
 from fairlane.ledger.workers import WorkerStore
@@ -94,7 +97,7 @@ class Dispatcher:
         self._wake()
 
     def slots_freed(self, started: Mapping[str, int]) -> None:
-        """Jobs of these queues started here: refill once a quarter of a queue's budget is free."""
+        """Jobs of these queues started here: refill once half of a queue's budget is free."""
         budgets = {queue: self.budget(queue) for queue in started}
         due = []
         with self._lock:
@@ -133,7 +136,17 @@ class Dispatcher:
         """
         with self._lock:
             self._freed.pop(queue, None)
-        round_ = self.admission.admit(queue, self.budget(queue), wait=wait)
+        try:
+            round_ = self.admission.admit(
+                queue, self.budget(queue), wait=wait, publish=lambda jobs: self.publish_batch(queue, jobs)
+            )
+        except (ConnectionClosed, pika.exceptions.AMQPError) as error:
+            logger.warning(
+                "event=publish_failed queue=%s error=%s action='jobs stay pending in the ledger'",
+                queue,
+                type(error).__name__,
+            )
+            return 0
         if round_ is None:
             return None
         if round_.retry_at is not None:
@@ -141,19 +154,6 @@ class Dispatcher:
                 self._hints[queue] = min(self._hints.get(queue, round_.retry_at), round_.retry_at)
         for reason, count in round_.deferred.items():
             JOBS_DEFERRED.labels(queue=queue, actor="", lane="", reason=reason).inc(count)
-        if not round_.jobs:
-            return 0
-        try:
-            self.publish_batch(queue, round_.jobs)
-        except Exception as error:
-            self.admission.unadmit([job.id for job in round_.jobs])
-            logger.warning(
-                "event=publish_failed queue=%s jobs=%d error=%s action='jobs stay pending in the ledger'",
-                queue,
-                len(round_.jobs),
-                type(error).__name__,
-            )
-            return 0
         return len(round_.jobs)
 
     # -- the thread ----------------------------------------------------------------------------------

@@ -32,4 +32,6 @@ def check_idempotency_key(key: object) -> str:
         raise InvalidJob(
             f"idempotency_key is {len(key)} characters; the limit is {MAX_IDEMPOTENCY_KEY_LENGTH}"
         )
+    if not key.isprintable():
+        raise InvalidJob(f"idempotency_key {key!r} holds control characters; use printable text")
     return key

@@ -172,6 +172,7 @@ def test_lost_dispatch_is_published_again_once_a_consumer_is_there(make_app: Any
 
     job_id = task.send().message_id
     assert fairlane.jobs.get(job_id).state == "dispatched"
+    eventually(lambda: lane_depth(app, queue) == 1, message="published")  # sends publish unconfirmed
     _purge(app, queue)
     time.sleep(0.4)
 

@@ -19,18 +19,18 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from fairlane.ledger import transitions
 from fairlane.ledger.database import utcnow
 from fairlane.ledger.ratelimits import RateLimits
 from fairlane.ledger.schema import (
     BACKLOG_PREDICATE,
-    DEAD,
     DISPATCHED,
     DISPATCHED_PREDICATE,
     LIVE_PREDICATE,
@@ -297,11 +297,23 @@ class Admission:
 
     # -- admitting -----------------------------------------------------------------------------------
 
-    def admit(self, queue: str, budget: int, *, wait: bool = True) -> Admitted | None:
+    def admit(
+        self,
+        queue: str,
+        budget: int,
+        *,
+        wait: bool = True,
+        publish: Callable[[list[AdmittedJob]], None] | None = None,
+    ) -> Admitted | None:
         """Move the best admissible backlog jobs of ``queue`` to ``dispatched`` while its budget has room.
 
-        Admissions of one queue take turns on its row. With ``wait=False`` (a worker's
-        admitter) a round already under way elsewhere is not waited for: returns None.
+        Admissions of one queue take turns on its row. With ``wait=False`` (a dispatcher's
+        round) a round already under way elsewhere is not waited for: returns None.
+
+        ``publish`` runs before the round commits: if it raises, nothing was admitted (the
+        jobs stay in the backlog), and a process that dies in between leaves no job
+        dispatched without a message. A message published for a round that then failed to
+        commit is harmless: its job still starts only once (see ``transitions.START``).
         """
         now = utcnow()
         with self.engine.begin() as connection:
@@ -321,14 +333,15 @@ class Admission:
             stored_credits = self._credits(connection, queue) if contended else [0.0] * len(candidates)
             credits = list(stored_credits)
             chosen = self._choose(connection, candidates, credits, state, capped)
+            admitted = [AdmittedJob(row.id, row.lane, row.message) for row in chosen]
             if chosen:
                 self._dispatch(connection, queue, chosen, now)
                 if contended:
                     self._save_credits(connection, queue, stored_credits, credits)
+                if publish is not None:
+                    publish(admitted)
         retry_at = min(state.blocked_keys.values()) if state.blocked_keys else None
-        return Admitted(
-            [AdmittedJob(row.id, row.lane, row.message) for row in chosen], retry_at, state.deferred
-        )
+        return Admitted(admitted, retry_at, state.deferred)
 
     def _candidates(
         self, connection: sa.Connection, queue: str, now: datetime, state: _Round, capped: bool
@@ -458,8 +471,8 @@ class Admission:
         with self.engine.begin() as connection:
             connection.execute(
                 jobs.update()
-                .where(jobs.c.id.in_(job_ids), jobs.c.state == DISPATCHED)
-                .values(state=PENDING, dispatched_at=None, updated_at=utcnow())
+                .where(jobs.c.id.in_(job_ids), transitions.UNADMIT.guard)
+                .values(state=transitions.UNADMIT.target, dispatched_at=None, updated_at=utcnow())
             )
 
     def requeue_dead(self, job_id: str) -> str | None:
@@ -468,7 +481,7 @@ class Admission:
         with self.engine.begin() as connection:
             row = connection.execute(
                 sa.select(jobs.c.queue, jobs.c.lane, jobs.c.tenant, jobs.c.cost)
-                .where(jobs.c.id == job_id, jobs.c.state == DEAD)
+                .where(jobs.c.id == job_id, transitions.REQUEUE_DEAD.guard)
                 .with_for_update()
             ).first()
             if row is None:
@@ -476,9 +489,9 @@ class Admission:
             stride_pass = self._next_passes(connection, row.queue, row.lane, row.tenant, [row.cost])[0]
             connection.execute(
                 jobs.update()
-                .where(jobs.c.id == job_id)
+                .where(jobs.c.id == job_id, transitions.REQUEUE_DEAD.guard)
                 .values(
-                    state=PENDING,
+                    state=transitions.REQUEUE_DEAD.target,
                     attempts=0,
                     stride_pass=stride_pass,
                     cancel_requested=False,
@@ -663,7 +676,8 @@ class _Statements:
                 if ids is not None
                 else jobs.c.id.in_(sa.bindparam("p_ids", expanding=True))
             )
-            .values(state=DISPATCHED, dispatched_at=now, updated_at=now)
+            .where(transitions.DISPATCH.guard)
+            .values(state=transitions.DISPATCH.target, dispatched_at=now, updated_at=now)
         )
         value = sa.bindparam("p_value", type_=sa.Float)
         self.advance_virtual_time = (

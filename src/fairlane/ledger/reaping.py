@@ -15,13 +15,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from fairlane.ledger import transitions
 from fairlane.ledger.database import as_utc, utcnow
 from fairlane.ledger.schema import (
     BACKLOG_STATES,
     CANCELLED,
     DEAD,
     DISPATCHED,
-    PENDING,
     RUNNING,
     jobs,
     scheduler_tasks,
@@ -164,7 +164,8 @@ class SchedulerQueries:
             ).all()
             reaped = []
             for row in rows:
-                state = CANCELLED if row.cancel_requested else PENDING
+                transition = transitions.REAP_CANCELLED if row.cancel_requested else transitions.REAP
+                state = transition.target
                 values: dict[str, Any] = (
                     {"finished_at": moment}
                     if state == CANCELLED
@@ -172,7 +173,7 @@ class SchedulerQueries:
                 )
                 changed = connection.execute(
                     jobs.update()
-                    .where(jobs.c.id == row.id, jobs.c.state == RUNNING)
+                    .where(jobs.c.id == row.id, transition.guard)
                     .values(state=state, worker_id=None, updated_at=moment, **values)
                 ).rowcount
                 if changed:

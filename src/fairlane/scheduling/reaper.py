@@ -21,9 +21,9 @@ from datetime import datetime
 
 import pika
 from dramatiq.errors import ConnectionClosed
-from dramatiq.message import Message
 
 from fairlane.app import App
+from fairlane.ledger.admission import AdmittedJob
 from fairlane.ledger.database import utcnow
 from fairlane.ledger.reaping import ReapedJob, SchedulerQueries, StaleDispatch
 from fairlane.ledger.schema import PENDING
@@ -101,8 +101,9 @@ def _publishable_lanes(app: App, lanes: set[tuple[str, str]]) -> set[tuple[str, 
 
 
 def _republish(app: App, job: StaleDispatch) -> bool:
+    """Publish the job's stored message again, as its admission round did (no decoding)."""
     try:
-        app.broker.publish(Message.decode(job.message.encode()))
+        app.broker.publish_batch(job.queue, [AdmittedJob(job.id, job.lane, job.message)])
     except (pika.exceptions.AMQPError, ConnectionClosed, OSError) as error:
         logger.warning(
             "event=republish_failed job=%s queue=%s error=%s", job.id, job.queue, type(error).__name__
