@@ -51,7 +51,7 @@ class App:
 
     def close(self) -> None:
         """Stop the dispatcher and the ledger writer, close broker connections and the ledger's pool."""
-        self.dispatcher.stop()
+        self.dispatcher.close()
         self.writer.stop()
         self.broker.close()
         self.engine.dispose()

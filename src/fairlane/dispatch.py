@@ -109,7 +109,8 @@ class Dispatcher:
             self.request(due)
 
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # a full pipe: a wake-up is pending anyway
+        # A full pipe means a wake-up is pending anyway; a closed one, that nobody listens any more.
+        with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
 
     # -- budget --------------------------------------------------------------------------------------
@@ -173,6 +174,13 @@ class Dispatcher:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    def close(self) -> None:
+        """Stop the thread and release the wake-up pipe (the dispatcher is done for good)."""
+        self.stop()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _run(self) -> None:
         listener = _Listener(self.admission.engine)

@@ -162,9 +162,9 @@ class LedgerWriter:
         if thread is not None:
             thread.join(timeout)
         with self._lock:
-            if self._thread is thread:
+            if self._thread is thread and (thread is None or not thread.is_alive()):
                 self._thread = None
-        self._close_raw()
+                self._close_raw()
 
     def _run(self) -> None:
         while True:
