@@ -110,8 +110,9 @@ class Dispatcher:
 
     def _wake(self) -> None:
         # A full pipe means a wake-up is pending anyway; a closed one, that nobody listens any more.
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+        with self._lock, contextlib.suppress(OSError):
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
 
     # -- budget --------------------------------------------------------------------------------------
 
@@ -176,11 +177,17 @@ class Dispatcher:
             self._thread = None
 
     def close(self) -> None:
-        """Stop the thread and release the wake-up pipe (the dispatcher is done for good)."""
+        """Stop the thread and release the wake-up pipe (the dispatcher is done for good).
+
+        Safe to call twice: a descriptor closed twice could close whatever reused its number.
+        """
         self.stop()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with self._lock:
+            descriptors, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+        for fd in descriptors:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def _run(self) -> None:
         listener = _Listener(self.admission.engine)

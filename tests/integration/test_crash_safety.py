@@ -10,12 +10,10 @@ test process sends, runs the reaper and reads the ledger. Every attempt of a job
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -35,45 +33,16 @@ from fairlane.ledger.schema import DISPATCHED, PENDING, RUNNING, SUCCEEDED, jobs
 from fairlane.scheduling.reaper import run_reaper
 from fairlane.worker import running_worker
 
-from .process_actors import QUEUE_VARIABLE, RELEASE, declare
+from .process_actors import QUEUE_VARIABLE, RELEASE
 from .support import eventually, lane_depth
+from .worker_processes import SHUTDOWN_TIMEOUT, STARTUP, WorkerProcesses
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-STARTUP = 30.0  # seconds a new worker process may take to import, migrate and consume
-SHUTDOWN_TIMEOUT = 30.0
 THREADS = 8
 JOB_SECONDS = 0.02
 
 
-class Pool:
+class Pool(WorkerProcesses):
     """Worker processes of one test on a queue of its own, and what their jobs left behind."""
-
-    def __init__(self, app: App, queue: str, env: dict[str, str], tmp_path: Path) -> None:
-        self.app = app
-        self.queue = queue
-        self.env = env
-        self.markers = tmp_path / "markers"
-        self.markers.mkdir()
-        self.log = tmp_path / "workers.log"
-        self.spawned: list[subprocess.Popen[bytes]] = []
-        self.slow_step, self.held_step = declare(queue)
-
-    def spawn(self) -> subprocess.Popen[bytes]:
-        """Start ``fairlane worker --processes 1 --threads 8`` in a session of its own."""
-        command = [sys.executable, "-m", "fairlane.cli", "worker", "--processes", "1"]
-        command += ["--threads", str(THREADS), "--shutdown-timeout", str(SHUTDOWN_TIMEOUT)]
-        command.append("tests.integration.process_actors")
-        with self.log.open("ab") as log:
-            process = subprocess.Popen(
-                command,
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.spawned.append(process)
-        return process
 
     def send_short(self, count: int) -> list[str]:
         """``count`` jobs of JOB_SECONDS each, in one bulk send, from two tenants."""
@@ -126,24 +95,6 @@ class Pool:
         """How many attempts of each job reached ``stage`` (``started`` or ``done``)."""
         return Counter(path.name.split(".", 1)[0] for path in self.markers.glob(f"*.*.{stage}"))
 
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def wait_exit(self, process: subprocess.Popen[bytes], timeout: float) -> int:
-        try:
-            return process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"worker {process.pid} still running after {timeout} s; log:\n{self.log_text()[-5000:]}"
-            ) from None
-
-    def stop_all(self) -> None:
-        """Kill whatever is left of the spawned workers (each is its own process group)."""
-        for process in self.spawned:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
 
 @pytest.fixture
 def pool(broker_url: str, postgres_url: str, tmp_path: Path) -> Iterator[Pool]:
@@ -190,7 +141,7 @@ def pool(broker_url: str, postgres_url: str, tmp_path: Path) -> Iterator[Pool]:
 
 def test_no_job_is_lost_when_a_busy_worker_is_killed(pool: Pool) -> None:
     # Given a worker with 8 threads working through 1,000 short jobs
-    first = pool.spawn()
+    first = pool.spawn(threads=THREADS)
     ids = pool.send_short(1000)
     eventually(lambda: pool.states()[SUCCEEDED] >= 50, STARTUP, "50 jobs succeeded")
 
@@ -202,7 +153,7 @@ def test_no_job_is_lost_when_a_busy_worker_is_killed(pool: Pool) -> None:
 
     # And a new worker starts, while the reaper runs until every job has succeeded (it returns
     # the jobs of the dead worker to the backlog, and publishes lost dispatches again)
-    pool.spawn()
+    pool.spawn(threads=THREADS)
     reaped: list[str] = []
     republished: list[str] = []
     deadline = time.monotonic() + 60
@@ -245,7 +196,7 @@ def _blocked_flushes(app: App) -> list[int]:
 
 def test_finishes_acked_but_not_flushed_when_a_worker_dies_are_reaped_and_run_again(pool: Pool) -> None:
     # Given a worker whose 8 threads each run a held job
-    first = pool.spawn()
+    first = pool.spawn(threads=THREADS)
     held = pool.send_held(THREADS)
     eventually(lambda: pool.states()[RUNNING] == THREADS, STARTUP, "all held jobs running")
 
@@ -276,7 +227,7 @@ def test_finishes_acked_but_not_flushed_when_a_worker_dies_are_reaped_and_run_ag
     assert lane_depth(pool.app, pool.queue) == 0
 
     # When a new worker starts and the reaper runs until every job has succeeded
-    pool.spawn()
+    pool.spawn(threads=THREADS)
     reaped: list[str] = []
     deadline = time.monotonic() + 60
     while pool.states()[SUCCEEDED] < THREADS:
@@ -293,7 +244,7 @@ def test_finishes_acked_but_not_flushed_when_a_worker_dies_are_reaped_and_run_ag
 
 def test_sigterm_records_every_finished_job_before_the_worker_exits(pool: Pool) -> None:
     # Given a worker with 8 threads working through 400 short jobs
-    worker = pool.spawn()
+    worker = pool.spawn(threads=THREADS)
     ids = pool.send_short(400)
     eventually(lambda: pool.states()[SUCCEEDED] >= 40, STARTUP, "40 jobs succeeded")
 
@@ -318,7 +269,7 @@ def test_sigterm_records_every_finished_job_before_the_worker_exits(pool: Pool) 
     assert {row.attempts for row in not_run} == {0}
 
     # And a new worker runs each of the rest exactly once
-    pool.spawn()
+    pool.spawn(threads=THREADS)
     eventually(lambda: pool.states()[SUCCEEDED] == len(ids), 60, "every job succeeded")
     assert {row.attempts for row in pool.rows(ids).values()} == {1}
     assert set(pool.marks("done").values()) == {1}

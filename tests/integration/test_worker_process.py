@@ -6,11 +6,8 @@ PostgreSQL ledger (the production one). The test process only sends and reads th
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,45 +16,14 @@ from typing import Any
 import pytest
 
 import fairlane
-from fairlane.app import App
 
-from .process_actors import QUEUE_VARIABLE, RELEASE, declare
+from .process_actors import QUEUE_VARIABLE, RELEASE
 from .support import eventually, lane_depth
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHUTDOWN_TIMEOUT = 30.0
-STARTUP = 30.0  # seconds a new worker process may take to import, migrate and consume
+from .worker_processes import SHUTDOWN_TIMEOUT, STARTUP, WorkerProcesses
 
 
-class Workers:
+class Workers(WorkerProcesses):
     """Spawns worker processes for one test and reads the marker files their jobs leave."""
-
-    def __init__(self, app: App, queue: str, env: dict[str, str], tmp_path: Path) -> None:
-        self.app = app
-        self.queue = queue
-        self.env = env
-        self.markers = tmp_path / "markers"
-        self.markers.mkdir()
-        self.log = tmp_path / "workers.log"
-        self.spawned: list[subprocess.Popen[bytes]] = []
-        self.slow_step, self.held_step = declare(queue)
-
-    def spawn(self, processes: int = 1) -> subprocess.Popen[bytes]:
-        """Start ``fairlane worker`` (2 threads a process) in a session of its own."""
-        command = [sys.executable, "-m", "fairlane.cli", "worker", "--threads", "2"]
-        command += ["--processes", str(processes), "--shutdown-timeout", str(SHUTDOWN_TIMEOUT)]
-        command.append("tests.integration.process_actors")
-        with self.log.open("ab") as log:
-            process = subprocess.Popen(
-                command,
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.spawned.append(process)
-        return process
 
     def send_held(self, count: int, **options: Any) -> list[str]:
         """Jobs that run until :meth:`release`."""
@@ -86,24 +52,6 @@ class Workers:
 
     def started_count(self, job_ids: list[str]) -> int:
         return sum(len(self.marks(job_id, "started")) for job_id in job_ids)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def wait_exit(self, process: subprocess.Popen[bytes], timeout: float) -> int:
-        try:
-            return process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"worker {process.pid} still running after {timeout} s; log:\n{self.log_text()[-5000:]}"
-            ) from None
-
-    def stop_all(self) -> None:
-        """Kill whatever is left of the spawned workers (each is its own process group)."""
-        for process in self.spawned:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
 
 
 @pytest.fixture

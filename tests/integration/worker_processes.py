@@ -1,0 +1,67 @@
+"""Real ``fairlane worker`` processes for one test: spawn, read their log, wait for or kill them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from fairlane.app import App
+
+from .process_actors import declare
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHUTDOWN_TIMEOUT = 30.0
+STARTUP = 30.0  # seconds a new worker process may take to import, migrate and consume
+
+
+class WorkerProcesses:
+    """Worker processes of one test on a queue of its own (actors of ``process_actors``)."""
+
+    def __init__(self, app: App, queue: str, env: dict[str, str], tmp_path: Path) -> None:
+        self.app = app
+        self.queue = queue
+        self.env = env
+        self.markers = tmp_path / "markers"
+        self.markers.mkdir()
+        self.log = tmp_path / "workers.log"
+        self.spawned: list[subprocess.Popen[bytes]] = []
+        self.slow_step, self.held_step = declare(queue)
+
+    def spawn(self, processes: int = 1, threads: int = 2) -> subprocess.Popen[bytes]:
+        """Start ``fairlane worker`` in a session of its own, logging to ``self.log``."""
+        command = [sys.executable, "-m", "fairlane.cli", "worker", "--threads", str(threads)]
+        command += ["--processes", str(processes), "--shutdown-timeout", str(SHUTDOWN_TIMEOUT)]
+        command.append("tests.integration.process_actors")
+        with self.log.open("ab") as log:
+            process = subprocess.Popen(
+                command,
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.spawned.append(process)
+        return process
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_exit(self, process: subprocess.Popen[bytes], timeout: float) -> int:
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"worker {process.pid} still running after {timeout} s; log:\n{self.log_text()[-5000:]}"
+            ) from None
+
+    def stop_all(self) -> None:
+        """Kill whatever is left of the spawned workers (each is its own process group)."""
+        for process in self.spawned:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
