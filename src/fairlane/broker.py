@@ -174,13 +174,16 @@ class FairlaneBroker(RabbitmqBroker):
         try:
             self._publish_unconfirmed(job.queue, job.lane, job.message.encode())
         except (ConnectionClosed, pika.exceptions.AMQPError) as error:
-            self.admission.unadmit([job.id])
-            self.dispatcher.request([job.queue])
             logger.warning(
                 "event=publish_failed queue=%s jobs=1 error=%s action='the job waits in the ledger'",
                 job.queue,
                 type(error).__name__,
             )
+            try:
+                self.admission.unadmit([job.id])
+            except Exception:  # the reaper publishes a stale dispatch again; the send succeeded
+                logger.exception("event=unadmit_failed job=%s", job.id)
+            self.dispatcher.request([job.queue])
 
     def enqueue_many(self, messages: Sequence[Message[Any]]) -> list[Message[Any]]:
         """Validate and accept many messages in one ledger transaction per 1,000, then admit their queues.
@@ -204,7 +207,12 @@ class FairlaneBroker(RabbitmqBroker):
         for queue in sorted({job.queue for job, _ in prepared}):
             # One round here fills an idle queue's free slots now; a busy queue's dispatchers were
             # notified by the accept and take the rest in fair order.
-            if self.dispatcher.admit(queue, wait=False) is None:
+            try:
+                admitted = self.dispatcher.admit(queue, wait=False)
+            except Exception:  # the jobs are stored: the sweep admits them; the send succeeded
+                logger.exception("event=admission_failed queue=%s", queue)
+                admitted = None
+            if admitted is None:
                 self.dispatcher.request([queue])
         return [stored for _, stored in prepared]
 
