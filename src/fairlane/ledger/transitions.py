@@ -8,8 +8,8 @@ guarded by ``state IN (sources)``, so that repeating a transition (a redelivered
 retried call) is harmless and an illegal one changes nothing. The tests check every
 transition against the table and run each against a row in every state.
 
-The worker's starts and finishes are flushed in batches, one statement per kind for many
-jobs (``UPDATE … FROM unnest(…)`` on PostgreSQL); see :mod:`fairlane.ledger.writer`.
+The worker's starts and finishes are flushed in batches, one statement for many jobs
+(:data:`FLUSH_PG`, ``UPDATE … FROM unnest(…)`` on PostgreSQL); see :mod:`fairlane.ledger.writer`.
 """
 
 from __future__ import annotations
