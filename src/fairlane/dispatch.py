@@ -39,6 +39,7 @@ import sqlalchemy as sa
 from dramatiq.errors import ConnectionClosed
 
 from fairlane.ledger.admission import ADMISSION_CHANNEL, Admission, AdmittedJob
+from fairlane.ledger.database import dedicated_connection
 from fairlane.ledger.workers import WorkerStore
 from fairlane.observability.catalog import JOBS_DEFERRED
 from fairlane.settings import Settings
@@ -255,11 +256,8 @@ class _Listener:
         wanted = self._raw is None and self.engine.dialect.name == "postgresql"
         if wanted and time.monotonic() >= self._retry_at:
             try:
-                pooled = self.engine.raw_connection()
-                connection = pooled.driver_connection
-                pooled.detach()  # LISTEN keeps this connection for the thread's life, out of the pool
-                connection.autocommit = True  # type: ignore[union-attr]
-                connection.execute(f"LISTEN {ADMISSION_CHANNEL}")  # type: ignore[union-attr]
+                connection = dedicated_connection(self.engine)
+                connection.execute(f"LISTEN {ADMISSION_CHANNEL}")
                 self._raw = connection
             except Exception as error:
                 self._retry_at = time.monotonic() + 1.0

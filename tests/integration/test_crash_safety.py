@@ -33,9 +33,9 @@ from fairlane.ledger.schema import DISPATCHED, PENDING, RUNNING, SUCCEEDED, jobs
 from fairlane.scheduling.reaper import run_reaper
 from fairlane.worker import running_worker
 
-from .process_actors import QUEUE_VARIABLE, RELEASE
+from .process_actors import RELEASE
 from .support import eventually, lane_depth
-from .worker_processes import SHUTDOWN_TIMEOUT, STARTUP, WorkerProcesses
+from .worker_processes import SHUTDOWN_TIMEOUT, STARTUP, WorkerProcesses, worker_environment
 
 THREADS = 8
 JOB_SECONDS = 0.02
@@ -100,9 +100,7 @@ class Pool(WorkerProcesses):
 def pool(broker_url: str, postgres_url: str, tmp_path: Path) -> Iterator[Pool]:
     queue = f"crash_{uuid.uuid4().hex[:12]}"
     # The reaper (run here) calls a worker silent for 2 s dead (workers beat every 0.2 s), and
-    # publishes again a job dispatched 2 s ago that no worker started: a worker killed between an
-    # admission round's ledger commit and its AMQP commit leaves the round's jobs dispatched with
-    # no message, and only that re-publish recovers them.
+    # publishes again a job dispatched 2 s ago that no worker started.
     app = fairlane.configure(
         fairlane.Settings(
             broker_url=broker_url,
@@ -113,20 +111,16 @@ def pool(broker_url: str, postgres_url: str, tmp_path: Path) -> Iterator[Pool]:
             dispatch_timeout=2.0,
         )
     )
-    env = {
-        **os.environ,
-        "FAIRLANE_BROKER_URL": broker_url,
-        "FAIRLANE_DATABASE_URL": postgres_url,
-        "FAIRLANE_RESULTS_DIR": str(tmp_path / "results"),
-        "FAIRLANE_METRICS_DIR": str(tmp_path / "metrics"),
-        "FAIRLANE_ADMISSION_INTERVAL": "0.05",
-        "FAIRLANE_HEARTBEAT_INTERVAL": "0.2",
-        "FAIRLANE_HEARTBEAT_TIMEOUT": "2",
-        "FAIRLANE_METRICS_PORT": "0",
-        "FAIRLANE_HEALTH_PORT": "0",
-        QUEUE_VARIABLE: queue,
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = worker_environment(
+        broker_url,
+        postgres_url,
+        tmp_path,
+        queue,
+        HEARTBEAT_INTERVAL="0.2",
+        HEARTBEAT_TIMEOUT="2",
+        METRICS_PORT="0",
+        HEALTH_PORT="0",
+    )
     spawned = Pool(app, queue, env, tmp_path)
     try:
         yield spawned

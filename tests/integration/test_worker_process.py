@@ -17,9 +17,9 @@ import pytest
 
 import fairlane
 
-from .process_actors import QUEUE_VARIABLE, RELEASE
+from .process_actors import RELEASE
 from .support import eventually, lane_depth
-from .worker_processes import SHUTDOWN_TIMEOUT, STARTUP, WorkerProcesses
+from .worker_processes import SHUTDOWN_TIMEOUT, STARTUP, WorkerProcesses, worker_environment
 
 
 class Workers(WorkerProcesses):
@@ -65,19 +65,10 @@ def workers(broker_url: str, postgres_url: str, tmp_path: Path) -> Iterator[Work
             admission_interval=0.05,
         )
     )
-    env = {
-        **os.environ,
-        "FAIRLANE_BROKER_URL": broker_url,
-        "FAIRLANE_DATABASE_URL": postgres_url,
-        "FAIRLANE_RESULTS_DIR": str(tmp_path / "results"),
-        "FAIRLANE_METRICS_DIR": str(tmp_path / "metrics"),
-        "FAIRLANE_ADMISSION_INTERVAL": "0.05",
-        "FAIRLANE_CANCEL_POLL_INTERVAL": "0.05",
-        # One message per thread: these tests count exactly which process holds which long job.
-        "FAIRLANE_PREFETCH_PER_THREAD": "1",
-        QUEUE_VARIABLE: queue,
-        "PYTHONUNBUFFERED": "1",
-    }
+    # One message per thread: these tests count exactly which process holds which long job.
+    env = worker_environment(
+        broker_url, postgres_url, tmp_path, queue, CANCEL_POLL_INTERVAL="0.05", PREFETCH_PER_THREAD="1"
+    )
     spawned = Workers(app, queue, env, tmp_path)
     try:
         yield spawned

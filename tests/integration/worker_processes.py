@@ -11,11 +11,29 @@ from pathlib import Path
 
 from fairlane.app import App
 
-from .process_actors import declare
+from .process_actors import QUEUE_VARIABLE, declare
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHUTDOWN_TIMEOUT = 30.0
 STARTUP = 30.0  # seconds a new worker process may take to import, migrate and consume
+
+
+def worker_environment(
+    broker_url: str, postgres_url: str, tmp_path: Path, queue: str, **settings: str
+) -> dict[str, str]:
+    """The environment of a test's worker processes: its broker, ledger, queue and ``settings``
+    (``FAIRLANE_*`` names without the prefix, e.g. ``HEARTBEAT_TIMEOUT="2"``)."""
+    return {
+        **os.environ,
+        "FAIRLANE_BROKER_URL": broker_url,
+        "FAIRLANE_DATABASE_URL": postgres_url,
+        "FAIRLANE_RESULTS_DIR": str(tmp_path / "results"),
+        "FAIRLANE_METRICS_DIR": str(tmp_path / "metrics"),
+        "FAIRLANE_ADMISSION_INTERVAL": "0.05",
+        **{f"FAIRLANE_{name}": value for name, value in settings.items()},
+        QUEUE_VARIABLE: queue,
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 class WorkerProcesses:

@@ -236,9 +236,10 @@ class Admission:
 
         if due(jobs.c.lane_rank <= job.lane_rank):
             return False
-        overtaking = due(jobs.c.lane_rank > job.lane_rank)
-        limit = _overtake_budget(budget) if overtaking else budget
-        return self._dispatched_count(connection, job.queue) < limit
+        dispatched = self._dispatched_count(connection, job.queue)
+        if dispatched < budget:
+            return True
+        return dispatched < _overtake_budget(budget) and due(jobs.c.lane_rank > job.lane_rank)
 
     def _virtual_time(self, connection: sa.Connection, queue: str, lane: str) -> float:
         if not self.settings.fairness:
@@ -274,8 +275,7 @@ class Admission:
             for queue in {job.queue for job in batch}:
                 connection.execute(self._statements.notify, {"p_queue": queue})
 
-    def _row(self, job: NewJob, stride_pass: float, now: datetime | None = None) -> dict[str, Any]:
-        now = now or utcnow()
+    def _row(self, job: NewJob, stride_pass: float, now: datetime) -> dict[str, Any]:
         return {
             "id": job.id,
             "actor": job.actor,

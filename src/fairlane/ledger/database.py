@@ -75,6 +75,19 @@ def create_ledger_engine(settings: Settings) -> sa.Engine:
     return engine
 
 
+def dedicated_connection(engine: sa.Engine) -> Any:
+    """A driver connection of ``engine`` in autocommit, taken out of the pool for good.
+
+    For a thread that keeps one connection for its whole life (the ledger writer, a LISTEN):
+    it counts against no pool limit and the caller closes it.
+    """
+    pooled = engine.raw_connection()
+    connection = pooled.driver_connection
+    pooled.detach()
+    connection.autocommit = True  # type: ignore[union-attr]
+    return connection
+
+
 @contextmanager
 def _migration_lock(engine: sa.Engine, settings: Settings) -> Iterator[sa.Connection]:
     """Serialise migrations across processes: an advisory lock on PostgreSQL, a file lock on SQLite."""

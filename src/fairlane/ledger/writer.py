@@ -39,7 +39,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from fairlane.ledger.database import as_utc, utcnow
+from fairlane.ledger.database import as_utc, dedicated_connection, utcnow
 from fairlane.ledger.jobs import JobError, Start, StartDecision, error_columns
 from fairlane.ledger.schema import DEAD, RETRYING, SUCCEEDED, jobs
 from fairlane.ledger.transitions import FINISH_ONE, FINISHES, FLUSH_PG, RESTART_ONE, START_ONE
@@ -281,11 +281,7 @@ class LedgerWriter:
     def _raw_connection(self) -> Any:
         """The writer's own psycopg connection (kept out of the pool for the writer's life)."""
         if self._raw is None:
-            pooled = self.engine.raw_connection()
-            connection = pooled.driver_connection
-            pooled.detach()
-            connection.autocommit = True  # type: ignore[union-attr]
-            self._raw = connection
+            self._raw = dedicated_connection(self.engine)
         return self._raw
 
     def _close_raw(self) -> None:
