@@ -12,7 +12,7 @@ import threading
 
 import dramatiq
 import sqlalchemy as sa
-from dramatiq.middleware import Callbacks, Pipelines, TimeLimit
+from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, ShutdownNotifications, TimeLimit
 
 from fairlane.broker import FairlaneBroker
 from fairlane.dispatch import Dispatcher
@@ -68,10 +68,12 @@ def build_app(settings: Settings) -> App:
     middleware = [
         RateLimitPauses(jobs, rate_limits),
         Tracking(jobs, writer),
+        AgeLimit(),  # after Tracking: a job too old to run is started, then ends dead
         Metrics(),
         JobContext(jobs),
         Cancellation(jobs, writer, settings.cancel_poll_interval),
         TimeLimit(time_limit=settings.time_limit),
+        ShutdownNotifications(),
         Results(writer, settings),
         Retries(writer, settings),
         Callbacks(),
@@ -80,6 +82,7 @@ def build_app(settings: Settings) -> App:
     broker = FairlaneBroker(settings, admission, middleware)
     # Starts free dispatch slots: after each flush the writer asks the dispatcher to refill them.
     writer.on_started = broker.dispatcher.slots_freed
+    writer.on_retrying = broker.dispatcher.retries_due  # a retry due now runs now, not at the next sweep
     broker.add_middleware(WorkerServices(broker.dispatcher, writer))
     dramatiq.set_broker(broker)
     return App(

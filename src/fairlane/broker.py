@@ -12,6 +12,7 @@ ledger backlog and the queue's :class:`~fairlane.dispatch.Dispatcher` admits it 
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 import logging
@@ -24,6 +25,7 @@ from typing import Any
 import pika
 import pika.exceptions
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _RabbitmqMessage
+from dramatiq.common import dq_name
 from dramatiq.errors import ActorNotFound, ConnectionClosed, DecodeError
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
@@ -53,12 +55,12 @@ class FairlaneBroker(RabbitmqBroker):
     """A Dramatiq RabbitMQ broker whose ``enqueue`` admits jobs through the ledger."""
 
     def __init__(self, settings: Settings, admission: Admission, middleware: list[Middleware]) -> None:
-        super().__init__(url=settings.broker_url, confirm_delivery=True, middleware=middleware)
         self.settings = settings
-        self.admission = admission
-        self.dispatcher = Dispatcher(admission, settings, self.publish_batch)
         self.lane_ranks = {lane: rank for rank, lane in enumerate(settings.lanes)}
         self.actor_queues: set[str] = set()
+        super().__init__(url=settings.broker_url, confirm_delivery=True, middleware=middleware)
+        self.admission = admission
+        self.dispatcher = Dispatcher(admission, settings, self.publish_batch)
 
     @property
     def consumer_class(self) -> type[_RabbitmqConsumer]:
@@ -71,26 +73,27 @@ class FairlaneBroker(RabbitmqBroker):
         return f"{queue}.{lane}"
 
     def actor_queue_of(self, queue_name: str) -> str:
-        """The actor queue a lane or dead-letter queue belongs to (identity for actor queues)."""
+        """The actor queue a lane, delay or dead-letter queue belongs to (identity for actor queues)."""
         head, _, tail = queue_name.rpartition(".")
-        if head and (tail in self.lane_ranks or tail == "XQ"):
+        if head and (tail in self.lane_ranks or tail in ("DQ", "XQ")):
             return head
         return queue_name
 
     def declare_queue(self, queue_name: str, *, ensure: bool = False) -> None:
         """Declare an actor queue (or, given a lane queue's name, the actor queue it belongs to).
 
-        The worker learns of each lane queue through ``after_declare_queue`` and consumes it.
+        As with plain Dramatiq, the worker learns of it through ``after_declare_queue`` and
+        consumes it (all its lanes: see :class:`_FairlaneConsumer`), and of its delay queue
+        ``Q.DQ`` through ``after_declare_delay_queue``.
         """
         queue = self.actor_queue_of(queue_name)
         if queue not in self.actor_queues:
             self.actor_queues.add(queue)
             self.queues_pending.add(queue)
-            for lane in self.settings.lanes:
-                lane_queue = self.lane_queue_name(queue, lane)
-                self.emit_before("declare_queue", lane_queue)
-                self.queues.add(lane_queue)
-                self.emit_after("declare_queue", lane_queue)
+            self.emit_before("declare_queue", queue)
+            self.queues.add(queue)
+            self.emit_after("declare_queue", queue)
+            self.emit_after("declare_delay_queue", dq_name(queue))
         if ensure:
             self._ensure_topology(queue)
 
@@ -100,7 +103,12 @@ class FairlaneBroker(RabbitmqBroker):
         try:
             for lane in self.settings.lanes:
                 self._declare(self.lane_queue_name(queue, lane), self._lane_arguments(queue))
+            # Dramatiq's own names, declared with the arguments plain Dramatiq gives them, so a
+            # plain Dramatiq process on the same vhost never meets a 406 (see _FairlaneConsumer
+            # for what becomes of a message a plain sender publishes to them).
             self._declare(dead_letter_queue_name(queue), self._dead_letter_arguments())
+            for name in (queue, dq_name(queue)):
+                self._declare(name, self._build_queue_arguments(queue))
         except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
             del self.connection
             raise ConnectionClosed(error) from None
@@ -131,14 +139,51 @@ class FairlaneBroker(RabbitmqBroker):
         }
 
     def _dead_letter_arguments(self) -> dict[str, Any]:
-        return {
-            "x-queue-type": self.settings.queue_type,
-            "x-message-ttl": self.settings.dead_letter_ttl_days * 86_400_000,
-        }
+        return {"x-message-ttl": self.settings.dead_letter_ttl_days * 86_400_000}
+
+    # -- Dramatiq's test helpers, answered from the ledger ----------------------------------------
+
+    def get_queue_message_counts(self, queue_name: str) -> tuple[int, int, int]:
+        """``(now, delayed, dead)`` for an actor queue (or one of its lane queues).
+
+        ``now`` counts its jobs left to run now: waiting and due, dispatched, or running (a
+        running job is not done until its finish is in the ledger); ``delayed``, those waiting
+        for a delay or a retry backoff; ``dead``, the messages in its dead-letter queue. So
+        Dramatiq's :meth:`join`, which waits for the first two to stay 0, returns only once
+        nothing of the queue is left to run.
+        """
+        queue = self.actor_queue_of(queue_name)
+        now, delayed = self.admission.backlog_counts(queue)
+        return now, delayed, self._message_count(dead_letter_queue_name(queue))
+
+    def _message_count(self, name: str) -> int:
+        try:
+            return int(self.channel.queue_declare(queue=name, passive=True).method.message_count)
+        except pika.exceptions.ChannelClosedByBroker:  # no such queue yet
+            del self.channel
+            return 0
+
+    def flush(self, queue_name: str) -> None:
+        """Drop every job of an actor queue that has not started: cancelled in the ledger, then
+        purged from its lane, Dramatiq and dead-letter queues. Running jobs finish."""
+        queue = self.actor_queue_of(queue_name)
+        self.admission.drop_backlog(queue)
+        names = [self.lane_queue_name(queue, lane) for lane in self.settings.lanes]
+        for name in (*names, queue, dq_name(queue), dead_letter_queue_name(queue)):
+            try:
+                self.channel.queue_purge(name)
+            except pika.exceptions.ChannelClosedByBroker:  # never declared
+                del self.channel
+
+    def flush_all(self) -> None:
+        """:meth:`flush` every actor queue this broker declared."""
+        for queue in sorted(self.actor_queues):
+            self.flush(queue)
 
     def get_declared_delay_queues(self) -> set[str]:
-        """None: delays and backoffs wait in the ledger, never in a worker's memory."""
-        return set()
+        """``Q.DQ`` of each actor queue, consumed only to dead-letter what plain Dramatiq senders
+        publish there: fairlane's delays and backoffs wait in the ledger."""
+        return {dq_name(queue) for queue in self.actor_queues}
 
     # -- admission -----------------------------------------------------------------------------------
 
@@ -308,8 +353,9 @@ class FairlaneBroker(RabbitmqBroker):
         else:
             options["idempotency_key"] = key
         queue = actor.queue_name
-        stored = message.copy(queue_name=self.lane_queue_name(queue, lane))
-        stored = _replace_options(stored, options)
+        # The message keeps its actor's queue name, as in Dramatiq (result keys, equality); its
+        # lane decides only which RabbitMQ queue carries it.
+        stored = _replace_options(message.copy(queue_name=queue), options)
         try:
             encoded = stored.encode()
         except (TypeError, ValueError) as error:
@@ -389,14 +435,52 @@ def _check_signature(fn: Callable[..., Any], message: Message[Any]) -> None:
 
 
 class _FairlaneConsumer(_RabbitmqConsumer):
-    """Dramatiq's consumer, except that an undecodable message goes to the dead-letter
-    queue carrying the reason, instead of being rejected without one."""
+    """Dramatiq's consumer of one actor queue ``Q``, reading its lane queues on one channel.
+
+    The worker has one consumer per actor queue, as with plain Dramatiq (so ``message.queue_name``
+    routes acks, ``--queues Q`` whitelists it and ``broker.consume(Q)`` works); each lane is a
+    RabbitMQ consumer of its own with ``prefetch`` unacked messages, and the worker's
+    :class:`~fairlane.work_queue.LaneWorkQueue` runs what they bring in lane order.
+
+    It also reads ``Q`` itself (and, as the worker's delay consumer, ``Q.DQ``), where only a plain
+    Dramatiq sender publishes: such a message is moved to the dead-letter queue with the reason,
+    as is an undecodable one, instead of being left there or rejected without one.
+    """
 
     broker: FairlaneBroker
 
+    def __init__(self, broker: FairlaneBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        self.broker = broker
+        self.queue_name = queue_name
+        self.logger = logging.getLogger("dramatiq.brokers.rabbitmq._FairlaneConsumer")
+        self.known_tags: set[int] = set()
+        self._timeout = timeout / 1000
+        self._ready: collections.deque[tuple[Any, bytes, bool]] = collections.deque()
+        tail = queue_name.rpartition(".")[2]
+        if tail in broker.lane_ranks or tail == "DQ":
+            names = [queue_name]
+        else:
+            names = [broker.lane_queue_name(queue_name, lane) for lane in broker.settings.lanes]
+            names.append(queue_name)
+        try:
+            self.connection = pika.BlockingConnection(parameters=broker.parameters)
+            self.channel = self.connection.channel()
+            self.channel.basic_qos(prefetch_count=prefetch)
+            for name in names:
+                plain = name.rpartition(".")[2] not in broker.lane_ranks
+                self.channel.basic_consume(name, functools.partial(self._received, plain=plain))
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
+            if getattr(error, "reply_code", None) == 404:  # a queue went away: declare it again
+                broker.queues_pending.add(broker.actor_queue_of(queue_name))
+            raise ConnectionClosed(error) from None
+
+    def _received(self, _channel: Any, method: Any, _properties: Any, body: bytes, *, plain: bool) -> None:
+        self._ready.append((method, body, plain))
+
     def __next__(self) -> Any:
         try:
-            method, _properties, body = next(self.iterator)
+            if not self._ready:
+                self.connection.process_data_events(time_limit=self._timeout)
         except (
             AssertionError,
             pika.exceptions.AMQPConnectionError,
@@ -405,18 +489,30 @@ class _FairlaneConsumer(_RabbitmqConsumer):
             if getattr(error, "reply_code", None) == 404:
                 self.broker.queues_pending.add(self.broker.actor_queue_of(self.queue_name))
             raise ConnectionClosed(error) from None
-        if method is None:
+        if not self._ready:
+            return None
+        method, body, plain = self._ready.popleft()
+        if plain:
+            self._dead_letter(method, body, _PLAIN_SENDER.format(queue=method.routing_key))
             return None
         try:
             message = Message.decode(body)
         except DecodeError as error:
-            reason = f"undecodable message: {error.__cause__ or error}"
-            logger.error("event=message_dead_lettered queue=%s reason=%r", self.queue_name, reason)
-            self.broker.dead_letter_raw(self.queue_name, body, reason)
-            self.channel.basic_ack(method.delivery_tag)
+            self._dead_letter(method, body, f"undecodable message: {error.__cause__ or error}")
             return None
         self.known_tags.add(method.delivery_tag)
         return _RabbitmqMessage(method.redelivered, method.delivery_tag, message)
+
+    def _dead_letter(self, method: Any, body: bytes, reason: str) -> None:
+        logger.error("event=message_dead_lettered queue=%s reason=%r", self.queue_name, reason)
+        self.broker.dead_letter_raw(self.queue_name, body, reason)
+        self.channel.basic_ack(method.delivery_tag)
+
+
+_PLAIN_SENDER = (
+    "published to {queue} by a plain Dramatiq broker, where no fairlane worker runs it: send "
+    "through fairlane's broker (fairlane.get_broker()), which records the job in the ledger"
+)
 
 
 __all__ = ["REASON_HEADER", "FairlaneBroker", "dead_letter_queue_name"]

@@ -32,6 +32,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import pika.exceptions
@@ -108,6 +109,14 @@ class Dispatcher:
                     due.append(queue)
         if due:
             self.request(due)
+
+    def retries_due(self, due: Mapping[str, datetime]) -> None:
+        """Retries of these queues were scheduled: run a round for each when its first is due."""
+        with self._lock:
+            for queue, moment in due.items():
+                when = moment.timestamp()
+                self._hints[queue] = min(self._hints.get(queue, when), when)
+        self._wake()
 
     def _wake(self) -> None:
         # A full pipe means a wake-up is pending anyway; a closed one, that nobody listens any more.

@@ -89,8 +89,11 @@ class Settings(BaseSettings):
     """Largest result accepted at all; a larger one fails the job."""
     results_dir: Path = Path("./.fairlane/results")
 
-    dead_letter_ttl_days: int = Field(default=90, ge=1, le=3650)
-    """How long RabbitMQ keeps a dead letter (``x-message-ttl`` of the dead-letter queue)."""
+    dead_letter_ttl_days: int = Field(default=7, ge=1, le=3650)
+    """How long RabbitMQ keeps a dead letter (``x-message-ttl`` of the dead-letter queue ``Q.XQ``).
+
+    7 days is plain Dramatiq's ``dead_message_ttl``, so both declare ``Q.XQ`` alike on a shared
+    vhost; the ledger keeps dead jobs (and their messages) for ``retention_dead_days``."""
 
     # -- fairness -------------------------------------------------------------------------------------
     fairness: bool = True

@@ -24,7 +24,7 @@ class LaneWorkQueue(PriorityQueue[Any]):
         self.lane_ranks = dict(lane_ranks)
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        """Queue a Dramatiq work item, re-keyed by its message's lane."""
-        lane = str(item.message.queue_name).rpartition(".")[2]
+        """Queue a Dramatiq work item, re-keyed by its message's lane (its ``priority`` option)."""
+        lane = str(item.message.options.get("priority", ""))
         rank = self.lane_ranks.get(lane, len(self.lane_ranks))
         super().put(dataclasses.replace(item, priority=rank * _LANE_STRIDE + item.priority), block, timeout)

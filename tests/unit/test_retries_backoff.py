@@ -17,16 +17,25 @@ from fairlane.middleware.retries import backoff_ms
     extra=st.integers(min_value=0, max_value=3_600_000),
     seed=st.integers(),
 )
-def test_backoff_stays_within_half_and_full_of_the_capped_exponential(
-    retries: int, min_backoff: int, extra: int, seed: int
-) -> None:
+def test_backoff_follows_dramatiqs_formula(retries: int, min_backoff: int, extra: int, seed: int) -> None:
     # Given backoff settings and a retry number
     max_backoff = min_backoff + extra
-    ceiling = min(max_backoff, min_backoff * 2**retries)
+    base = min_backoff * 2 ** min(retries, 32)
 
-    # When a delay is drawn, then it lies in [ceiling / 2, ceiling] and never above max_backoff
+    # When a delay is drawn
     delay = backoff_ms(retries, min_backoff, max_backoff, random.Random(seed))
-    assert ceiling // 2 <= delay <= ceiling <= max_backoff
+
+    # Then it is Dramatiq's: the exponential stretched by [1, 2), or within [max / 2, max] once
+    # that would exceed max_backoff; never above max_backoff
+    assert delay <= max_backoff
+    if delay >= base:
+        assert delay < 2 * base
+    else:
+        assert max_backoff // 2 <= delay
+
+
+def test_a_zero_min_backoff_retries_at_once() -> None:
+    assert {backoff_ms(retries, 0, 10_000) for retries in range(5)} == {0}
 
 
 def test_backoff_grows_exponentially_and_is_jittered() -> None:

@@ -505,6 +505,28 @@ class Admission:
             )
         return str(row.queue)
 
+    def backlog_counts(self, queue: str) -> tuple[int, int]:
+        """``(now, later)``: jobs of ``queue`` left to run now (waiting and due, dispatched or
+        running) and later (waiting for a delay or a retry backoff)."""
+        now = utcnow()
+        later = sa.and_(BACKLOG_PREDICATE, jobs.c.next_run_at > now)
+        query = sa.select(sa.func.count(), sa.func.count().filter(later)).where(
+            jobs.c.queue == queue, sa.or_(BACKLOG_PREDICATE, LIVE_PREDICATE)
+        )
+        with self.engine.connect() as connection:
+            total, waiting = connection.execute(query).one()
+        return int(total) - int(waiting), int(waiting)
+
+    def drop_backlog(self, queue: str) -> int:
+        """Cancel every job of ``queue`` that has not started (a flushed queue); returns how many."""
+        now = utcnow()
+        with self.engine.begin() as connection:
+            return connection.execute(
+                jobs.update()
+                .where(jobs.c.queue == queue, transitions.CANCEL.guard)
+                .values(state=transitions.CANCEL.target, finished_at=now, updated_at=now)
+            ).rowcount
+
     def known_queues(self) -> list[str]:
         """Every actor queue that has ever been sent a job."""
         with self.engine.connect() as connection:

@@ -64,6 +64,8 @@ class Finish:
     result_path: str | None = None
     error: JobError | None = None
     run_at: datetime | None = None
+    #: The job's actor queue: a retry's queue is told when the retry is due (see ``on_retrying``).
+    queue: str = ""
 
     def __post_init__(self) -> None:
         if self.state not in FINISHES:
@@ -100,6 +102,8 @@ class LedgerWriter:
         self.worker_id = worker_id
         #: Called after each flush with how many jobs it started per queue (their slots are free).
         self.on_started = on_started
+        #: Called after each flush that scheduled retries: per queue, when its first one is due.
+        self.on_retrying: Callable[[dict[str, datetime]], None] | None = None
         self._postgresql = engine.dialect.name == "postgresql"
         self._starts: list[_Request] = []
         self._finishes: list[_Request] = []
@@ -236,6 +240,7 @@ class LedgerWriter:
             started, known = self._flush_sqlite(finishes, starts, now)
         for request in finishes:
             request.resolve()
+        self._report_retries(finishes)
         claimed: set[str] = set()
         for request in starts:
             row = started.get(request.job_id)
@@ -249,6 +254,18 @@ class LedgerWriter:
         if claimed and self.on_started is not None:
             try:
                 self.on_started(Counter(request.queue for request in starts if request.job_id in claimed))
+            except Exception:
+                logger.exception("event=admission_request_failed")
+
+    def _report_retries(self, finishes: Sequence[_Request]) -> None:
+        due: dict[str, datetime] = {}
+        for request in finishes:
+            item = request.finish
+            if item is not None and item.state == RETRYING and item.queue and item.run_at is not None:
+                due[item.queue] = min(due.get(item.queue, item.run_at), item.run_at)
+        if due and self.on_retrying is not None:
+            try:
+                self.on_retrying(due)
             except Exception:
                 logger.exception("event=admission_request_failed")
 

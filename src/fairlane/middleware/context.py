@@ -11,6 +11,7 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware
 
 from fairlane.ledger.jobs import JobStore
+from fairlane.middleware.tracking import attempt_of
 
 #: Minimum seconds between two progress writes of one job (the final one is always written).
 PROGRESS_INTERVAL = 0.2
@@ -74,7 +75,7 @@ class JobContext(Middleware):
             id=message.message_id,
             actor=message.actor_name,
             tenant=str(message.options.get("tenant", "")),
-            attempt=int(message.options.get("attempt", 1)),
+            attempt=attempt_of(message),
             jobs=self.jobs,
             rate_limit=message.options.get("rate_limit"),
             tokens=float(message.options.get("tokens") or 0.0),

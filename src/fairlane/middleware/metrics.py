@@ -29,7 +29,7 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware
 
 from fairlane.errors import JobCancelled
-from fairlane.middleware.tracking import RUNNABLE_SINCE_OPTION
+from fairlane.middleware.tracking import runnable_since_of
 from fairlane.observability.catalog import (
     JOB_DURATION_SECONDS,
     JOB_QUEUE_WAIT_SECONDS,
@@ -109,15 +109,15 @@ class Metrics(Middleware):
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         queue = broker.actor_queue_of(message.queue_name)  # type: ignore[attr-defined]
-        lane = str(message.options.get("priority") or message.queue_name.rpartition(".")[2])
+        lane = str(message.options.get("priority", ""))
         key = (queue, message.actor_name, lane)
         series = self._series.get(key)
         if series is None:
             series = self._series.setdefault(key, _Series(*key))
         attempt = _Attempt(series, time.monotonic())
         series[JOBS_STARTED].inc()
-        runnable_since = message.options.get(RUNNABLE_SINCE_OPTION)
-        if isinstance(runnable_since, int | float):
+        runnable_since = runnable_since_of(message)
+        if runnable_since is not None:
             series[JOB_QUEUE_WAIT_SECONDS].observe(max(0.0, time.time() - runnable_since))
         series[JOBS_IN_PROGRESS].inc()
         with self._lock:

@@ -18,14 +18,25 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import Middleware, SkipMessage
 
 from fairlane.ledger.jobs import JobError, JobStore, StartDecision
-from fairlane.ledger.writer import LedgerWriter
+from fairlane.ledger.schema import CANCELLED, DEAD
+from fairlane.ledger.writer import Finish, LedgerWriter
 
 logger = logging.getLogger("fairlane.worker")
 
-#: Keys of a message's in-memory options: the attempt number, and when the job became
-#: runnable (epoch seconds; start minus this is the job's queue wait).
-ATTEMPT_OPTION = "attempt"
-RUNNABLE_SINCE_OPTION = "runnable_since"
+#: Attributes of a received message (its proxy, never its options, which stay as sent):
+#: the attempt number, and when the job became runnable (epoch seconds).
+_ATTEMPT = "_fairlane_attempt"
+_RUNNABLE_SINCE = "_fairlane_runnable_since"
+
+
+def attempt_of(message: MessageProxy) -> int:
+    """Which attempt of its job ``message`` is (1 for the first run), as its start recorded."""
+    return int(getattr(message, _ATTEMPT, 1))
+
+
+def runnable_since_of(message: MessageProxy) -> float | None:
+    """When ``message``'s job became runnable (epoch seconds), if its start recorded it."""
+    return getattr(message, _RUNNABLE_SINCE, None)
 
 
 def default_worker_id() -> str:
@@ -56,9 +67,31 @@ class Tracking(Middleware):
                 "event=job_skipped job=%s reason='cancelled, finished or running'", message.message_id
             )
             raise SkipMessage("cancelled, finished or already running")
-        message.options[ATTEMPT_OPTION] = start.attempt
+        setattr(message, _ATTEMPT, start.attempt)
         if start.runnable_since is not None:
-            message.options[RUNNABLE_SINCE_OPTION] = start.runnable_since.timestamp()
+            setattr(message, _RUNNABLE_SINCE, start.runnable_since.timestamp())
+        if start.attempt > 1:
+            # Dramatiq's contract: a retried message says how many retries came before it.
+            message.options["retries"] = start.attempt - 1
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        """A middleware after this one skipped a job started here: give it a final state.
+
+        Failed first (as ``AgeLimit`` does for a message older than ``max_age``), it is dead;
+        otherwise it is cancelled: Dramatiq acks a skipped message, so it never runs.
+        """
+        if getattr(message, _ATTEMPT, None) is None:
+            return  # not started here: skipped before its start, or by this middleware itself
+        if message.failed:
+            reason = "a middleware failed and skipped it before it ran (e.g. AgeLimit: older than max_age)"
+            self.writer.finish(Finish(message.message_id, DEAD, error=JobError("SkipMessage", reason)))
+        else:
+            self.writer.finish(Finish(message.message_id, CANCELLED))
+        logger.info(
+            "event=job_skipped job=%s reason='skipped by a middleware' failed=%s",
+            message.message_id,
+            message.failed,
+        )
 
     def before_nack(self, broker: Broker, message: MessageProxy) -> None:
         error: Any = getattr(message, "_exception", None)
