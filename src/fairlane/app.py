@@ -43,6 +43,8 @@ class App:
     rate_limits: RateLimits
     broker: FairlaneBroker
     writer: LedgerWriter
+    #: Starts and stops the dispatcher, writer and heartbeat with a worker (a broker middleware).
+    services: WorkerServices
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -83,7 +85,8 @@ def build_app(settings: Settings) -> App:
     # Starts free dispatch slots: after each flush the writer asks the dispatcher to refill them.
     writer.on_started = broker.dispatcher.slots_freed
     writer.on_retrying = broker.dispatcher.retries_due  # a retry due now runs now, not at the next sweep
-    broker.add_middleware(WorkerServices(broker.dispatcher, writer))
+    services = WorkerServices(broker.dispatcher, writer)
+    broker.add_middleware(services)
     dramatiq.set_broker(broker)
     return App(
         settings=settings,
@@ -93,6 +96,7 @@ def build_app(settings: Settings) -> App:
         rate_limits=rate_limits,
         broker=broker,
         writer=writer,
+        services=services,
     )
 
 

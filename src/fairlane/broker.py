@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import collections
 import functools
-import inspect
+import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -26,12 +26,14 @@ import pika
 import pika.exceptions
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _RabbitmqMessage
 from dramatiq.common import dq_name
+from dramatiq.encoder import Encoder
 from dramatiq.errors import ActorNotFound, ConnectionClosed, DecodeError
-from dramatiq.message import Message
+from dramatiq.message import Message, get_encoder
 from dramatiq.middleware import Middleware
 
 from fairlane.dispatch import Dispatcher
 from fairlane.errors import InvalidJob
+from fairlane.ledger.actors import ActorCatalog, CatalogEntry
 from fairlane.ledger.admission import Admission, AdmittedJob, NewJob
 from fairlane.ledger.database import utcnow
 from fairlane.observability.catalog import JOBS_ENQUEUED
@@ -60,6 +62,7 @@ class FairlaneBroker(RabbitmqBroker):
         self.actor_queues: set[str] = set()
         super().__init__(url=settings.broker_url, confirm_delivery=True, middleware=middleware)
         self.admission = admission
+        self.catalog = ActorCatalog(admission.engine)
         self.dispatcher = Dispatcher(admission, settings, self.publish_batch)
 
     @property
@@ -323,11 +326,22 @@ class FairlaneBroker(RabbitmqBroker):
             ),
         )
 
-    def _prepare(self, message: Message[Any], delay: int | timedelta | None) -> tuple[NewJob, Message[Any]]:
+    def _target(self, actor_name: str) -> CatalogEntry:
+        """What a send to ``actor_name`` is validated against: the actor declared here, or else
+        the one a worker declared (see :mod:`fairlane.ledger.actors`)."""
         try:
-            actor = self.get_actor(message.actor_name)
+            actor = self.get_actor(actor_name)
         except ActorNotFound:
-            raise InvalidJob(f"unknown actor {message.actor_name!r}: declare it before sending") from None
+            entry = self.catalog.lookup(actor_name)
+            if entry is None:
+                raise InvalidJob(
+                    f"unknown actor {actor_name!r}: it is not declared here and no worker has declared it"
+                ) from None
+            return entry
+        return _local_entry(actor)
+
+    def _prepare(self, message: Message[Any], delay: int | timedelta | None) -> tuple[NewJob, Message[Any]]:
+        actor = self._target(message.actor_name)
         options = dict(message.options)
         tenant = check_tenant(options.get("tenant", self.settings.default_tenant))
         lane = options.get("priority") or self.settings.default_lane
@@ -343,7 +357,7 @@ class FairlaneBroker(RabbitmqBroker):
             delay = int(delay.total_seconds() * 1000)
         if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int) or delay < 0):
             raise InvalidJob(f"delay must be a non-negative number of milliseconds, not {delay!r}")
-        _check_signature(actor.fn, message)
+        _check_signature(actor, message)
         rate_key, rate_tokens = self._rate_limit_of(actor, message)
         options.update(tenant=tenant, priority=lane, cost=cost)
         if rate_key is not None:
@@ -352,10 +366,11 @@ class FairlaneBroker(RabbitmqBroker):
             options.pop("idempotency_key", None)
         else:
             options["idempotency_key"] = key
-        queue = actor.queue_name
+        queue = actor.queue
         # The message keeps its actor's queue name, as in Dramatiq (result keys, equality); its
         # lane decides only which RabbitMQ queue carries it.
         stored = _replace_options(message.copy(queue_name=queue), options)
+        _check_json_encoder()
         try:
             encoded = stored.encode()
         except (TypeError, ValueError) as error:
@@ -368,7 +383,7 @@ class FairlaneBroker(RabbitmqBroker):
         run_at = utcnow() + timedelta(milliseconds=delay or 0)
         job = NewJob(
             id=stored.message_id,
-            actor=actor.actor_name,
+            actor=actor.name,
             queue=queue,
             tenant=tenant,
             lane=lane,
@@ -382,15 +397,13 @@ class FairlaneBroker(RabbitmqBroker):
         )
         return job, stored
 
-    def _rate_limit_of(self, actor: Any, message: Message[Any]) -> tuple[str | None, float | None]:
+    def _rate_limit_of(self, actor: CatalogEntry, message: Message[Any]) -> tuple[str | None, float | None]:
         """The actor's rate-limit key and this job's estimated tokens, checked against the budget."""
         key = actor.options.get("rate_limit")
         if key is None:
             return None, None
         if key not in self.settings.rate_limits:
-            raise InvalidJob(
-                f"actor {actor.actor_name} names rate limit {key!r}, which FAIRLANE_RATE_LIMITS lacks"
-            )
+            raise InvalidJob(f"actor {actor.name} names rate limit {key!r}, which FAIRLANE_RATE_LIMITS lacks")
         estimate = actor.options.get("tokens", 0)
         if callable(estimate):
             estimate = estimate(*message.args, **message.kwargs)
@@ -416,16 +429,37 @@ def _replace_options(message: Message[Any], options: dict[str, Any]) -> Message[
     )
 
 
-@functools.lru_cache(maxsize=4096)
-def _signature_of(fn: Callable[..., Any]) -> inspect.Signature | None:
+def _check_json_encoder() -> None:
+    """Refuse a send while Dramatiq's encoder is not JSON: the ledger stores messages as JSON text."""
+    encoder = get_encoder()
+    if not _encodes_json(encoder):
+        raise InvalidJob(
+            f"Dramatiq's encoder is {type(encoder).__name__}, which does not write JSON: fairlane stores "
+            "and sends messages as JSON only (never pickle); use dramatiq.set_encoder(dramatiq.JSONEncoder())"
+        )
+
+
+@functools.lru_cache(maxsize=16)
+def _encodes_json(encoder: Encoder) -> bool:
+    """Whether ``encoder`` writes UTF-8 JSON (probed once per encoder)."""
+    probe = {"probe": [1, "é"]}
     try:
-        return inspect.signature(fn)
-    except (TypeError, ValueError):  # builtins and some C callables have none
-        return None
+        return bool(json.loads(encoder.encode(probe).decode("utf-8")) == probe)
+    except Exception:  # any failure means: not a JSON encoder
+        return False
 
 
-def _check_signature(fn: Callable[..., Any], message: Message[Any]) -> None:
-    signature = _signature_of(fn)
+def _local_entry(actor: Any) -> CatalogEntry:
+    """The catalog entry of an actor declared in this process (cached per actor)."""
+    entry: CatalogEntry | None = getattr(actor, "_fairlane_entry", None)
+    if entry is None:
+        entry = CatalogEntry.describe(actor.actor_name, actor.queue_name, actor.fn, actor.options)
+        actor._fairlane_entry = entry
+    return entry
+
+
+def _check_signature(actor: CatalogEntry, message: Message[Any]) -> None:
+    signature = actor.signature
     if signature is None:
         return
     try:

@@ -48,7 +48,6 @@ from fairlane.observability.exporter import MetricsServer, multiprocess_mode_act
 from fairlane.observability.health import HealthChecks, HealthServer, Verdict, start_health_server
 from fairlane.observability.heartbeat import CHECK_INTERVAL, ProcessStatus, WorkerHeartbeat
 from fairlane.settings import Settings, load_settings
-from fairlane.work_queue import LaneWorkQueue
 
 logger = logging.getLogger("fairlane.worker")
 
@@ -81,17 +80,15 @@ def _worker_with_heartbeat(
     # With 2 unacked messages per thread (DESIGN: 1-2), one runs and one is ready, so a thread
     # never waits for an ack's round trip to RabbitMQ before its next job; the budget bounds the rest.
     worker.queue_prefetch = app.settings.prefetch_per_thread * threads
-    worker.work_queue = LaneWorkQueue(broker.lane_ranks)  # prefetched urgent work runs first
-    worker.start()
-    heartbeat = WorkerHeartbeat(app, worker, status_file=status_file)
-    heartbeat.start()
+    app.services.report_status_to(status_file)
+    worker.start()  # the broker's WorkerServices start the dispatcher and the heartbeat
+    heartbeat = app.services.heartbeat
+    assert heartbeat is not None
     logger.info("event=worker_started threads=%d queues=%s", threads, ",".join(sorted(broker.actor_queues)))
     try:
         yield worker, heartbeat
     finally:
-        # Heartbeats go on while running jobs finish, so the reaper leaves them alone.
         worker.stop(timeout=int(shutdown_timeout * 1000))
-        heartbeat.stop()
         logger.info("event=worker_stopped")
 
 

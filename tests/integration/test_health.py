@@ -64,7 +64,7 @@ def test_worker_heartbeat_row_and_verdicts_follow_the_worker(app: App, queue: st
 
     # When a worker runs
     with worker(threads=2) as running:
-        heartbeat = WorkerHeartbeat(app, running, clock=lambda: now[0])
+        heartbeat = WorkerHeartbeat(app.broker, running, clock=lambda: now[0])
         assert not heartbeat.live().ok  # no heartbeat written yet
         assert heartbeat.beat()
 

@@ -297,7 +297,7 @@ def test_heartbeat_log_line_is_structured(pod_setup: tuple[App, ModuleType, dict
     from fairlane.observability.heartbeat import WorkerHeartbeat
 
     app, _actors, _env = pod_setup
-    heartbeat = WorkerHeartbeat(app, worker=object())
+    heartbeat = WorkerHeartbeat(app.broker, worker=object())
 
     # When its log line is formatted
     line = heartbeat.log_line()

@@ -189,6 +189,21 @@ workers = sa.Table(
     sa.Index("ix_fairlane_workers_heartbeat", "last_heartbeat_at"),
 )
 
+#: The actors workers declare, published at each worker's boot, so that a service that does
+#: not declare an actor can still send to it (validated against this row).
+actors = sa.Table(
+    "fairlane_actors",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("queue", sa.String(255), nullable=False),
+    #: ``[[name, kind, has_default], …]``: the function's parameters (``kind`` as in ``inspect``).
+    sa.Column("parameters", sa.JSON, nullable=False),
+    #: The actor's options that are plain JSON values (callables and classes are left out).
+    sa.Column("options", sa.JSON, nullable=False),
+    sa.Column("declared_by", sa.String(128), nullable=False),
+    _ts("declared_at", nullable=False),
+)
+
 #: One row per scheduler task (cleanup, reaper, gauges, cron): when it last ran and succeeded,
 #: so a new leader exports the same last-success times as the one it replaced.
 scheduler_tasks = sa.Table(

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fairlane.app import App
+from fairlane.broker import FairlaneBroker
 from fairlane.ledger.database import utcnow
 from fairlane.ledger.workers import WorkerBeat, WorkerStore
 from fairlane.middleware.metrics import Metrics
@@ -93,20 +93,20 @@ class WorkerHeartbeat:
 
     def __init__(
         self,
-        app: App,
+        broker: FairlaneBroker,
         worker: Any,
         *,
         status_file: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.app = app
+        self.broker = broker
         self.worker = worker
-        self.settings = app.settings
+        self.settings = broker.settings
         self.status_file = status_file
         self.worker_id = default_worker_id()
         self.started_at: datetime = utcnow()
-        self.store = WorkerStore(app.engine)
-        self._metrics = next((item for item in app.broker.middleware if isinstance(item, Metrics)), None)
+        self.store = WorkerStore(broker.admission.engine)
+        self._metrics = next((item for item in broker.middleware if isinstance(item, Metrics)), None)
         self._clock = clock
         self._last_beat: float | None = None
         self._beat_error: str | None = None
@@ -161,7 +161,7 @@ class WorkerHeartbeat:
                     worker_id=self.worker_id,
                     hostname=socket.gethostname(),
                     pid=os.getpid(),
-                    queues=sorted(getattr(self.app.broker, "actor_queues", ())),
+                    queues=sorted(self.broker.actor_queues),
                     started_at=self.started_at,
                     processed=processed,
                     in_progress=in_progress,
@@ -179,7 +179,7 @@ class WorkerHeartbeat:
     def log_line(self) -> str:
         """The structured heartbeat line (also logged every ``heartbeat_log_interval``)."""
         processed, in_progress = self._counts()
-        queues = ",".join(sorted(getattr(self.app.broker, "actor_queues", ()))) or "-"
+        queues = ",".join(sorted(self.broker.actor_queues)) or "-"
         return (
             f"event=worker_heartbeat worker={self.worker_id} in_progress={in_progress} "
             f"processed={processed} queues={queues} ratelimits={self._rate_limit_usage() or '-'}"
@@ -218,7 +218,7 @@ class WorkerHeartbeat:
         """Set the rate-limit usage gauges of every configured key from the ledger."""
         for key in sorted(self.settings.rate_limits):
             try:
-                usage = self.app.rate_limits.usage(key)
+                usage = self.broker.admission.rate_limits.usage(key)
             except Exception:
                 logger.debug("event=ratelimit_usage_failed key=%s", key, exc_info=True)
                 continue
