@@ -67,19 +67,25 @@ def build_app(settings: Settings) -> App:
     rate_limits = RateLimits(engine, settings.rate_limits)
     admission = Admission(engine, settings, rate_limits)
     writer = LedgerWriter(engine, default_worker_id())
+    # Order matters. Dramatiq runs ``before_*`` hooks in this order and ``after_*`` hooks in
+    # reverse: Retries (last here, as in Dramatiq's defaults) decides a failure first, so
+    # Results, Pipelines and Callbacks see its ``retries`` options and ``message.failed``,
+    # Metrics counts the outcome they settled, and all of them run while JobContext still
+    # knows the job (follow-up sends keep its tenant). AgeLimit comes after Tracking: a job
+    # too old to run is started, then ends dead.
     middleware = [
         RateLimitPauses(jobs, rate_limits),
         Tracking(jobs, writer),
-        AgeLimit(),  # after Tracking: a job too old to run is started, then ends dead
+        AgeLimit(),
         Metrics(),
         JobContext(jobs),
         Cancellation(jobs, writer, settings.cancel_poll_interval),
         TimeLimit(time_limit=settings.time_limit),
         ShutdownNotifications(),
-        Results(writer, settings),
-        Retries(writer, settings),
         Callbacks(),
         Pipelines(),
+        Results(writer, settings),
+        Retries(writer, settings),
     ]
     broker = FairlaneBroker(settings, admission, middleware)
     # Starts free dispatch slots: after each flush the writer asks the dispatcher to refill them.

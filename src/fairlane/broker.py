@@ -36,6 +36,7 @@ from fairlane.errors import InvalidJob
 from fairlane.ledger.actors import ActorCatalog, CatalogEntry
 from fairlane.ledger.admission import Admission, AdmittedJob, NewJob
 from fairlane.ledger.database import utcnow
+from fairlane.middleware.context import running_tenant
 from fairlane.observability.catalog import JOBS_ENQUEUED
 from fairlane.settings import Settings
 from fairlane.validation import check_idempotency_key, check_tenant
@@ -60,7 +61,12 @@ class FairlaneBroker(RabbitmqBroker):
         self.settings = settings
         self.lane_ranks = {lane: rank for rank, lane in enumerate(settings.lanes)}
         self.actor_queues: set[str] = set()
-        super().__init__(url=settings.broker_url, confirm_delivery=True, middleware=middleware)
+        super().__init__(
+            url=settings.broker_url,
+            confirm_delivery=True,
+            max_priority=settings.max_priority,
+            middleware=middleware,
+        )
         self.admission = admission
         self.catalog = ActorCatalog(admission.engine)
         self.dispatcher = Dispatcher(admission, settings, self.publish_batch)
@@ -135,11 +141,14 @@ class FairlaneBroker(RabbitmqBroker):
             )
 
     def _lane_arguments(self, queue: str) -> dict[str, Any]:
-        return {
+        arguments: dict[str, Any] = {
             "x-queue-type": self.settings.queue_type,
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": dead_letter_queue_name(queue),
         }
+        if self.settings.max_priority is not None:
+            arguments["x-max-priority"] = self.settings.max_priority
+        return arguments
 
     def _dead_letter_arguments(self) -> dict[str, Any]:
         return {"x-message-ttl": self.settings.dead_letter_ttl_days * 86_400_000}
@@ -220,7 +229,9 @@ class FairlaneBroker(RabbitmqBroker):
         its job dispatched, and the reaper publishes it again after ``dispatch_timeout``.
         """
         try:
-            self._publish_unconfirmed(job.queue, job.lane, job.message.encode())
+            self._publish_unconfirmed(
+                job.queue, job.lane, job.message.encode(), _properties(stored.options.get("broker_priority"))
+            )
         except (ConnectionClosed, pika.exceptions.AMQPError) as error:
             logger.warning(
                 "event=publish_failed queue=%s jobs=1 error=%s action='the job waits in the ledger'",
@@ -264,7 +275,9 @@ class FairlaneBroker(RabbitmqBroker):
                 self.dispatcher.request([queue])
         return [stored for _, stored in prepared]
 
-    def _publish_unconfirmed(self, queue: str, lane: str, body: bytes) -> None:
+    def _publish_unconfirmed(
+        self, queue: str, lane: str, body: bytes, properties: pika.BasicProperties
+    ) -> None:
         """Publish one persistent message to a lane queue without waiting for RabbitMQ."""
         self.declare_queue(queue, ensure=True)
         for attempt in range(2):  # a connection that died while idle is replaced once
@@ -276,7 +289,7 @@ class FairlaneBroker(RabbitmqBroker):
                     exchange="",
                     routing_key=self.lane_queue_name(queue, lane),
                     body=body,
-                    properties=_PERSISTENT,
+                    properties=properties,
                 )
                 return
             except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
@@ -298,12 +311,18 @@ class FairlaneBroker(RabbitmqBroker):
                     exchange="",
                     routing_key=self.lane_queue_name(queue, job.lane),
                     body=job.message.encode(),
-                    properties=_PERSISTENT,
+                    properties=self._stored_properties(job.message),
                 )
             channel.tx_commit()
         except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
             del self.connection
             raise ConnectionClosed(error) from None
+
+    def _stored_properties(self, message: str) -> pika.BasicProperties:
+        """The AMQP properties of a stored message: persistent, with its ``broker_priority``."""
+        if self.settings.max_priority is None:
+            return _PERSISTENT
+        return _properties(json.loads(message).get("options", {}).get("broker_priority"))
 
     def _transaction_channel(self) -> Any:
         """This thread's channel in AMQP transaction mode (on its publishing connection)."""
@@ -343,13 +362,25 @@ class FairlaneBroker(RabbitmqBroker):
     def _prepare(self, message: Message[Any], delay: int | timedelta | None) -> tuple[NewJob, Message[Any]]:
         actor = self._target(message.actor_name)
         options = dict(message.options)
-        tenant = check_tenant(options.get("tenant", self.settings.default_tenant))
+        # A job sent from inside a running job (a callback, a pipeline's next step, a sub-job)
+        # belongs to that job's tenant unless it names one: tenant data stays with its tenant.
+        tenant = options.get("tenant")
+        if tenant is None:
+            tenant = running_tenant() or self.settings.default_tenant
+        tenant = check_tenant(tenant)
         lane = options.get("priority") or self.settings.default_lane
         if lane not in self.lane_ranks:
             raise InvalidJob(f"unknown priority {lane!r}; expected one of {', '.join(self.settings.lanes)}")
         key = options.get("idempotency_key")
         if key is not None:
             key = check_idempotency_key(key)
+        broker_priority = options.get("broker_priority")
+        if broker_priority is not None and (
+            isinstance(broker_priority, bool)
+            or not isinstance(broker_priority, int)
+            or not 0 <= broker_priority <= 255
+        ):
+            raise InvalidJob(f"broker_priority must be an integer in [0, 255], not {broker_priority!r}")
         cost = options.get("cost", 1)
         if isinstance(cost, bool) or not isinstance(cost, int | float) or not 0 < cost <= 1_000_000:
             raise InvalidJob(f"cost must be a number in (0, 1000000], not {cost!r}")
@@ -427,6 +458,12 @@ def _replace_options(message: Message[Any], options: dict[str, Any]) -> Message[
         message_id=message.message_id,
         message_timestamp=message.message_timestamp,
     )
+
+
+def _properties(broker_priority: int | None) -> pika.BasicProperties:
+    if broker_priority is None:
+        return _PERSISTENT
+    return pika.BasicProperties(delivery_mode=2, priority=broker_priority)
 
 
 def _check_json_encoder() -> None:

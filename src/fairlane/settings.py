@@ -53,7 +53,12 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./.fairlane/fairlane.db"
     """Ledger URL: ``sqlite:///path`` (embedded default) or ``postgresql://…``."""
     queue_type: Literal["classic", "quorum"] = "classic"
-    """RabbitMQ queue type for lane and dead-letter queues."""
+    """RabbitMQ queue type for lane queues."""
+    max_priority: int | None = Field(default=None, ge=1, le=255)
+    """Dramatiq's ``max_priority``: lane queues (and ``Q``, ``Q.DQ``, as a plain Dramatiq broker
+    with the same value declares them) take ``x-max-priority``, so messages sent with
+    Dramatiq's ``broker_priority`` option run highest first among the jobs dispatched to a
+    lane. Classic queues only."""
 
     lanes: Annotated[tuple[str, ...], NoDecode] = ("urgent", "high", "normal", "low")
     """Priority lanes, highest first. One RabbitMQ queue per lane per actor queue."""
@@ -162,6 +167,10 @@ class Settings(BaseSettings):
             raise ValueError("lanes: must be a non-empty list of distinct names")
         if self.default_lane not in self.lanes:
             raise ValueError(f"default_lane: {self.default_lane!r} is not one of lanes {list(self.lanes)}")
+        if self.max_priority is not None and self.queue_type == "quorum":
+            raise ValueError(
+                "max_priority: RabbitMQ priority queues are classic queues; unset it or use classic"
+            )
         if self.min_backoff > self.max_backoff:
             raise ValueError("min_backoff: must not exceed max_backoff")
         unknown = set(self.lane_min_shares or {}) - set(self.lanes)

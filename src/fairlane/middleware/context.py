@@ -42,6 +42,12 @@ def current_job() -> CurrentJob:
     return job
 
 
+def running_tenant() -> str | None:
+    """The tenant of the job this thread is running, or None outside a job."""
+    job: CurrentJob | None = getattr(_local, "job", None)
+    return None if job is None else job.tenant
+
+
 def progress(done: int, total: int | None = None, message: str | None = None) -> None:
     """Report a running job's progress (``done`` of ``total`` items), readable via ``fairlane.jobs``.
 
