@@ -71,12 +71,12 @@ def build_app(settings: Settings) -> App:
     # reverse: Retries (last here, as in Dramatiq's defaults) decides a failure first, so
     # Results, Pipelines and Callbacks see its ``retries`` options and ``message.failed``,
     # Metrics counts the outcome they settled, and all of them run while JobContext still
-    # knows the job (follow-up sends keep its tenant). AgeLimit comes after Tracking: a job
-    # too old to run is started, then ends dead.
+    # knows the job (follow-up sends keep its tenant). AgeLimit comes first, as in Dramatiq:
+    # a job too old to run is never started, and Tracking marks it dead.
     middleware = [
+        AgeLimit(),
         RateLimitPauses(jobs, rate_limits),
         Tracking(jobs, writer),
-        AgeLimit(),
         Metrics(),
         JobContext(jobs),
         Cancellation(jobs, writer, settings.cancel_poll_interval),
@@ -87,7 +87,7 @@ def build_app(settings: Settings) -> App:
         Results(writer, settings),
         Retries(writer, settings),
     ]
-    broker = FairlaneBroker(settings, admission, middleware)
+    broker = FairlaneBroker(settings, admission, jobs, middleware)
     # Starts free dispatch slots: after each flush the writer asks the dispatcher to refill them.
     writer.on_started = broker.dispatcher.slots_freed
     writer.on_retrying = broker.dispatcher.retries_due  # a retry due now runs now, not at the next sweep

@@ -24,7 +24,12 @@ from typing import Any
 
 import pika
 import pika.exceptions
-from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _RabbitmqMessage
+from dramatiq.brokers.rabbitmq import (
+    MAX_DECLARE_ATTEMPTS,
+    RabbitmqBroker,
+    _RabbitmqConsumer,
+    _RabbitmqMessage,
+)
 from dramatiq.common import dq_name
 from dramatiq.encoder import Encoder
 from dramatiq.errors import ActorNotFound, ConnectionClosed, DecodeError
@@ -36,6 +41,7 @@ from fairlane.errors import InvalidJob
 from fairlane.ledger.actors import ActorCatalog, CatalogEntry
 from fairlane.ledger.admission import Admission, AdmittedJob, NewJob
 from fairlane.ledger.database import utcnow
+from fairlane.ledger.jobs import JobError, JobStore
 from fairlane.middleware.context import running_tenant
 from fairlane.observability.catalog import JOBS_ENQUEUED
 from fairlane.settings import Settings
@@ -57,7 +63,9 @@ def dead_letter_queue_name(queue: str) -> str:
 class FairlaneBroker(RabbitmqBroker):
     """A Dramatiq RabbitMQ broker whose ``enqueue`` admits jobs through the ledger."""
 
-    def __init__(self, settings: Settings, admission: Admission, middleware: list[Middleware]) -> None:
+    def __init__(
+        self, settings: Settings, admission: Admission, jobs: JobStore, middleware: list[Middleware]
+    ) -> None:
         self.settings = settings
         self.lane_ranks = {lane: rank for rank, lane in enumerate(settings.lanes)}
         self.actor_queues: set[str] = set()
@@ -68,6 +76,7 @@ class FairlaneBroker(RabbitmqBroker):
             middleware=middleware,
         )
         self.admission = admission
+        self.jobs = jobs
         self.catalog = ActorCatalog(admission.engine)
         self.dispatcher = Dispatcher(admission, settings, self.publish_batch)
 
@@ -107,31 +116,44 @@ class FairlaneBroker(RabbitmqBroker):
             self._ensure_topology(queue)
 
     def _ensure_topology(self, queue: str) -> None:
-        if queue not in self.queues_pending:
-            return
-        try:
-            for lane in self.settings.lanes:
-                self._declare(self.lane_queue_name(queue, lane), self._lane_arguments(queue))
-            # Dramatiq's own names, declared with the arguments plain Dramatiq gives them, so a
-            # plain Dramatiq process on the same vhost never meets a 406 (see _FairlaneConsumer
-            # for what becomes of a message a plain sender publishes to them).
-            self._declare(dead_letter_queue_name(queue), self._dead_letter_arguments())
-            for name in (queue, dq_name(queue)):
-                self._declare(name, self._build_queue_arguments(queue))
-        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
-            del self.connection
-            raise ConnectionClosed(error) from None
-        self.queues_pending.discard(queue)
+        """Declare ``queue``'s RabbitMQ queues if not done yet, retrying a lost connection once
+        (``MAX_DECLARE_ATTEMPTS``, as Dramatiq does)."""
+        attempts = 0
+        while queue in self.queues_pending:
+            try:
+                # Dramatiq's own names first, declared with the arguments plain Dramatiq gives them,
+                # so a plain Dramatiq process on the same vhost never meets a 406 (what becomes of
+                # a message a plain sender publishes to them: see _FairlaneConsumer).
+                self._declare_queue(queue)
+                self._declare_dq_queue(queue)
+                self._declare_xq_queue(queue)
+                for lane in self.settings.lanes:
+                    self._declare(self.lane_queue_name(queue, lane), self._lane_arguments(queue))
+                self.queues_pending.discard(queue)
+            except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
+                del self.connection
+                attempts += 1
+                if attempts >= MAX_DECLARE_ATTEMPTS:
+                    raise ConnectionClosed(error) from None
 
-    def _declare(self, name: str, arguments: dict[str, Any]) -> None:
+    def _declare_queue(self, queue_name: str) -> Any:
+        return self._declare(queue_name, self._build_queue_arguments(queue_name))
+
+    def _declare_dq_queue(self, queue_name: str) -> Any:
+        return self._declare(dq_name(queue_name), self._build_queue_arguments(queue_name))
+
+    def _declare_xq_queue(self, queue_name: str) -> Any:
+        return self._declare(dead_letter_queue_name(queue_name), self._dead_letter_arguments())
+
+    def _declare(self, name: str, arguments: dict[str, Any]) -> Any:
         """Declare a durable queue; if it exists with other arguments, keep using it and say so."""
         try:
-            self.channel.queue_declare(queue=name, durable=True, arguments=arguments)
+            return self.channel.queue_declare(queue=name, durable=True, arguments=arguments)
         except pika.exceptions.ChannelClosedByBroker as error:
             if error.reply_code != _PRECONDITION_FAILED:
                 raise
             del self.channel
-            self.channel.queue_declare(queue=name, passive=True)
+            declared = self.channel.queue_declare(queue=name, passive=True)
             logger.warning(
                 "event=queue_arguments_differ queue=%s wanted=%s detail=%r "
                 "action='using the existing queue; delete or migrate it to apply the new arguments'",
@@ -139,6 +161,7 @@ class FairlaneBroker(RabbitmqBroker):
                 arguments,
                 error.reply_text,
             )
+            return declared
 
     def _lane_arguments(self, queue: str) -> dict[str, Any]:
         arguments: dict[str, Any] = {
@@ -569,7 +592,11 @@ class _FairlaneConsumer(_RabbitmqConsumer):
         try:
             message = Message.decode(body)
         except DecodeError as error:
-            self._dead_letter(method, body, f"undecodable message: {error.__cause__ or error}")
+            reason = f"undecodable message: {error.__cause__ or error}"
+            self._dead_letter(method, body, reason)
+            job_id = _job_id_of(body)
+            if job_id is not None:  # its row would otherwise stay dispatched
+                self.broker.jobs.kill(job_id, JobError("DecodeError", reason))
             return None
         self.known_tags.add(method.delivery_tag)
         return _RabbitmqMessage(method.redelivered, method.delivery_tag, message)
@@ -578,6 +605,16 @@ class _FairlaneConsumer(_RabbitmqConsumer):
         logger.error("event=message_dead_lettered queue=%s reason=%r", self.queue_name, reason)
         self.broker.dead_letter_raw(self.queue_name, body, reason)
         self.channel.basic_ack(method.delivery_tag)
+
+
+def _job_id_of(body: bytes) -> str | None:
+    """The message id in an undecodable message's body, if it is JSON that names one."""
+    try:
+        decoded = json.loads(body)
+    except ValueError:
+        return None
+    job_id = decoded.get("message_id") if isinstance(decoded, dict) else None
+    return job_id if isinstance(job_id, str) and 0 < len(job_id) <= 255 else None
 
 
 _PLAIN_SENDER = (

@@ -508,3 +508,31 @@ def test_messages_published_by_the_send_and_by_admission_carry_their_priority(
 
     # Then each carries its priority in RabbitMQ
     assert (first_properties.priority, second_properties.priority) == (7, 3)
+
+
+def test_a_message_that_fails_to_decode_ends_dead_with_its_message_dead_lettered(
+    app: App, queue: str, worker: Worker
+) -> None:
+    # Given a JSON encoder that fails to decode some messages
+    class FailingDecoder(JSONEncoder):
+        def decode(self, data: bytes) -> Any:
+            if b"xfail" in data:
+                raise RuntimeError("xfail")
+            return super().decode(data)
+
+    @dramatiq.actor(queue_name=queue, max_retries=0)
+    def undecodable(value: str) -> None:
+        pass
+
+    dramatiq.set_encoder(FailingDecoder())
+    try:
+        with worker(threads=1):
+            # When such a message reaches a worker
+            job = fairlane.jobs.wait(undecodable.send("xfail").message_id, timeout=20)
+    finally:
+        dramatiq.set_encoder(JSONEncoder())
+
+    # Then its job is dead (not left dispatched) and its message is in the dead-letter queue
+    assert job.state == "dead"
+    assert job.error is not None and job.error.type == "DecodeError"
+    assert app.broker.get_queue_message_counts(queue) == (0, 0, 1)

@@ -167,6 +167,7 @@ def _parameters(job_id: str) -> dict[str, Any]:
         "p_error_type": "ValueError",
         "p_error_message": "boom",
         "p_error_traceback": "Traceback …",
+        "p_message": None,
     }
 
 

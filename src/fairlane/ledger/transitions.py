@@ -135,7 +135,13 @@ SUCCEED_ONE = _update(
     result_path=sa.bindparam("p_result_path"),
     finished_at=_NOW,
 )
-RETRY_ONE = _update(RETRY, next_run_at=sa.bindparam("p_run_at"), worker_id=None, **_ERROR)
+RETRY_ONE = _update(
+    RETRY,
+    next_run_at=sa.bindparam("p_run_at"),
+    worker_id=None,
+    message=sa.func.coalesce(sa.bindparam("p_message", type_=sa.Text), jobs.c.message),
+    **_ERROR,
+)
 FAIL_ONE = _update(FAIL, finished_at=_NOW, **_ERROR)
 KILL_ONE = _update(KILL, finished_at=_NOW, **_ERROR)
 INTERRUPT_ONE = _update(INTERRUPT, finished_at=_NOW)
@@ -173,7 +179,8 @@ def _in(states: tuple[str, ...]) -> str:
 #: and start many received jobs (``restart`` marks redelivered messages, which may restart a
 #: running job); a data-modifying CTE always runs to completion. Returns one row per start id
 #: that exists, with its attempt number if it started: a missing row means an unknown job.
-#: A success keeps the error of an earlier attempt; a retry keeps the result columns empty.
+#: A success keeps the error of an earlier attempt; a retry keeps the result columns empty and
+#: may replace the stored message (Dramatiq's retry options for the next attempt).
 #: No job may be both finished and started in one flush (PostgreSQL would apply only one).
 FLUSH_PG = f"""
 WITH finished AS (
@@ -185,13 +192,14 @@ WITH finished AS (
       error_message = coalesce(f.error_message, j.error_message),
       error_traceback = coalesce(f.error_traceback, j.error_traceback),
       next_run_at = coalesce(f.run_at, j.next_run_at),
+      message = coalesce(f.message, j.message),
       worker_id = CASE WHEN f.state = '{RETRYING}' THEN NULL ELSE j.worker_id END,
       finished_at = CASE WHEN f.state = '{RETRYING}' THEN j.finished_at ELSE %(now)s END,
       updated_at = %(now)s
   FROM unnest(%(finish_ids)s::text[], %(states)s::text[], %(results)s::text[],
               %(result_paths)s::text[], %(error_types)s::text[], %(error_messages)s::text[],
-              %(error_tracebacks)s::text[], %(run_ats)s::timestamptz[])
-       AS f(id, state, result, result_path, error_type, error_message, error_traceback, run_at)
+              %(error_tracebacks)s::text[], %(run_ats)s::timestamptz[], %(messages)s::text[])
+       AS f(id, state, result, result_path, error_type, error_message, error_traceback, run_at, message)
   WHERE j.id = f.id AND j.state = '{RUNNING}' AND f.state IN ({_in(tuple(FINISHES))})
 ), started AS (
   UPDATE fairlane_jobs AS j

@@ -66,6 +66,8 @@ class Finish:
     run_at: datetime | None = None
     #: The job's actor queue: a retry's queue is told when the retry is due (see ``on_retrying``).
     queue: str = ""
+    #: A retry's message as its next attempt receives it (None keeps the stored one).
+    message: str | None = None
 
     def __post_init__(self) -> None:
         if self.state not in FINISHES:
@@ -288,6 +290,7 @@ class LedgerWriter:
             "error_messages": [error[1] for error in errors],
             "error_tracebacks": [error[2] for error in errors],
             "run_ats": [item.run_at for item in items],
+            "messages": [item.message for item in items],
             "start_ids": [request.job_id for request in starts],
             "restart": [request.restart for request in starts],
         }
@@ -348,6 +351,7 @@ def _finish_parameters(item: Finish, now: datetime) -> dict[str, Any]:
         )
         if item.state == RETRYING:
             parameters["p_run_at"] = item.run_at
+            parameters["p_message"] = item.message
     return parameters
 
 

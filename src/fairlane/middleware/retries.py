@@ -10,8 +10,8 @@ message into the queue's dead-letter queue and, with ``on_retry_exhausted``, sen
 actor ``(message.asdict(), {"retries": n, "max_retries": m})`` for the same tenant.
 
 As in Dramatiq, a failure sets the message's ``retries``, ``traceback`` and
-``requeue_timestamp`` options (callbacks such as ``on_failure`` see them), and a retried
-attempt's message carries ``retries``.
+``requeue_timestamp`` options (callbacks such as ``on_failure`` see them), and the retried
+attempt receives the message with them (the ledger stores it as the job's message).
 
 Actor options (also per message): ``max_retries``, ``min_backoff``, ``max_backoff``
 (milliseconds), ``retry_when(retries_so_far, exception) -> bool`` (takes precedence over
@@ -122,7 +122,10 @@ class Retries(Middleware):
             )
         run_at = utcnow() + timedelta(milliseconds=delay)
         queue = broker.actor_queue_of(message.queue_name)  # type: ignore[attr-defined]
-        self.writer.finish(Finish(message.message_id, RETRYING, error=error, run_at=run_at, queue=queue))
+        stored = self._next_attempt_message(message)
+        self.writer.finish(
+            Finish(message.message_id, RETRYING, error=error, run_at=run_at, queue=queue, message=stored)
+        )
         logger.info(
             "event=job_retrying job=%s actor=%s attempt=%d delay_ms=%d error_type=%s",
             message.message_id,
@@ -131,6 +134,14 @@ class Retries(Middleware):
             delay,
             error.type,
         )
+
+    def _next_attempt_message(self, message: MessageProxy) -> str | None:
+        """The message the next attempt receives: this one with its retry options, as in
+        Dramatiq (None, keeping the stored one, if the options made it too large)."""
+        encoded = message.encode()
+        if len(encoded) > self.settings.max_payload_bytes:
+            return None
+        return encoded.decode()
 
     def _send_exhausted(
         self, broker: Broker, target: str, message: MessageProxy, retries: int, max_retries: Any

@@ -65,6 +65,10 @@ class WorkerServices(Middleware):
         self.heartbeat = WorkerHeartbeat(fairlane_broker, worker, status_file=self._status_file)
         self.heartbeat.start()
 
+    def after_declare_queue(self, broker: Broker, queue_name: str) -> None:
+        # An actor declared after the worker booted: its queue is consumed and swept too.
+        self.dispatcher.serve([queue_name])
+
     def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         self.dispatcher.stop()
 

@@ -39,6 +39,9 @@ def runnable_since_of(message: MessageProxy) -> float | None:
     return getattr(message, _RUNNABLE_SINCE, None)
 
 
+_FAILED_SKIP = "a middleware failed and skipped it before it ran (e.g. AgeLimit: older than max_age)"
+
+
 def default_worker_id() -> str:
     """``host:pid`` of this process, as recorded on the jobs it runs."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -70,23 +73,26 @@ class Tracking(Middleware):
         setattr(message, _ATTEMPT, start.attempt)
         if start.runnable_since is not None:
             setattr(message, _RUNNABLE_SINCE, start.runnable_since.timestamp())
-        if start.attempt > 1:
-            # Dramatiq's contract: a retried message says how many retries came before it.
-            message.options["retries"] = start.attempt - 1
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
-        """A middleware after this one skipped a job started here: give it a final state.
+        """A middleware skipped a job: give it a final state.
 
-        Failed first (as ``AgeLimit`` does for a message older than ``max_age``), it is dead;
-        otherwise it is cancelled: Dramatiq acks a skipped message, so it never runs.
+        Failed first (as ``AgeLimit``, before this middleware, does for a message older than
+        ``max_age``), it is dead; skipped after its start without failing, it is cancelled:
+        Dramatiq acks a skipped message, so it never runs. A job skipped unfailed before its
+        start (a paused rate limit deferred it) or by this middleware itself is left alone.
         """
-        if getattr(message, _ATTEMPT, None) is None:
-            return  # not started here: skipped before its start, or by this middleware itself
+        started = getattr(message, _ATTEMPT, None) is not None
         if message.failed:
-            reason = "a middleware failed and skipped it before it ran (e.g. AgeLimit: older than max_age)"
-            self.writer.finish(Finish(message.message_id, DEAD, error=JobError("SkipMessage", reason)))
-        else:
+            error = JobError("SkipMessage", _FAILED_SKIP)
+            if started:
+                self.writer.finish(Finish(message.message_id, DEAD, error=error))
+            else:
+                self.jobs.kill(message.message_id, error)
+        elif started:
             self.writer.finish(Finish(message.message_id, CANCELLED))
+        else:
+            return
         logger.info(
             "event=job_skipped job=%s reason='skipped by a middleware' failed=%s",
             message.message_id,
