@@ -27,8 +27,8 @@ test: install services tools
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench compat
+	$(BIN)/ruff format --check src tests bench compat
 	$(BIN)/mypy
 
 # `make bench BENCH_ARGS="--drain-jobs 20000"` passes sizes to latency_throughput.py (see its --help).
@@ -38,3 +38,10 @@ bench: install services
 
 clean:
 	rm -rf $(VENV) .fairlane .pytest_cache .mypy_cache .ruff_cache
+
+# `make compat`: Dramatiq 2.2.1's own tests on a plain RabbitmqBroker and on fairlane's broker
+# (compat/README.md). COMPAT_ARGS="--broker fairlane" runs fairlane only, "--full" adds the
+# repository's tests/middleware/, test ids (tests/test_actors.py::test_x) run just those.
+.PHONY: compat
+compat: install services
+	$(BIN)/python compat/run.py $(COMPAT_ARGS)

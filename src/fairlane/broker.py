@@ -509,13 +509,10 @@ def _encodes_json(encoder: Encoder) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=4096)
 def _local_entry(actor: Any) -> CatalogEntry:
-    """The catalog entry of an actor declared in this process (cached per actor)."""
-    entry: CatalogEntry | None = getattr(actor, "_fairlane_entry", None)
-    if entry is None:
-        entry = CatalogEntry.describe(actor.actor_name, actor.queue_name, actor.fn, actor.options)
-        actor._fairlane_entry = entry
-    return entry
+    """The catalog entry of an actor declared in this process (built once per actor)."""
+    return CatalogEntry.describe(actor.actor_name, actor.queue_name, actor.fn, actor.options)
 
 
 def _check_signature(actor: CatalogEntry, message: Message[Any]) -> None:
