@@ -15,7 +15,7 @@ from fairlane import jobs, ratelimit, tenants
 from fairlane.actor import Actor, actor
 from fairlane.app import App, configure, get_app
 from fairlane.broker import FairlaneBroker
-from fairlane.errors import InvalidJob, JobCancelled, JobNotFound, JobTimeout, SettingsError
+from fairlane.errors import InvalidJob, JobCancelled, JobNotFound, JobTimeout, LedgerOutdated, SettingsError
 from fairlane.ledger.jobs import Job, JobError
 from fairlane.middleware.context import CurrentJob, current_job, progress
 from fairlane.scheduling.cron import cron
@@ -41,6 +41,7 @@ __all__ = [
     "JobError",
     "JobNotFound",
     "JobTimeout",
+    "LedgerOutdated",
     "Settings",
     "SettingsError",
     "actor",

@@ -17,7 +17,7 @@ from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, ShutdownNotifica
 from fairlane.broker import FairlaneBroker
 from fairlane.dispatch import Dispatcher
 from fairlane.ledger.admission import Admission
-from fairlane.ledger.database import create_ledger_engine, migrate
+from fairlane.ledger.database import create_ledger_engine, migrate, require_current_schema
 from fairlane.ledger.jobs import JobStore
 from fairlane.ledger.ratelimits import RateLimits
 from fairlane.ledger.writer import LedgerWriter
@@ -60,9 +60,16 @@ class App:
 
 
 def build_app(settings: Settings) -> App:
-    """Build (and migrate) a fairlane app for ``settings``; makes its broker Dramatiq's global one."""
+    """Build a fairlane app for ``settings`` and make its broker Dramatiq's global one.
+
+    The ledger is migrated first, or with ``auto_migrate`` off checked to be current
+    (:class:`~fairlane.ledger.database.LedgerOutdated` if not).
+    """
     engine = create_ledger_engine(settings)
-    migrate(engine, settings)
+    if settings.auto_migrate:
+        migrate(engine, settings)
+    else:
+        require_current_schema(engine)
     jobs = JobStore(engine)
     rate_limits = RateLimits(engine, settings.rate_limits)
     admission = Admission(engine, settings, rate_limits)

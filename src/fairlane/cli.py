@@ -15,7 +15,7 @@ from rich.table import Table
 
 from fairlane import dead_letters
 from fairlane.app import App, get_app
-from fairlane.errors import JobNotFound, SettingsError
+from fairlane.errors import JobNotFound, LedgerOutdated, SettingsError
 from fairlane.ledger.database import utcnow
 from fairlane.ledger.jobs import Job
 from fairlane.logs import configure_logging
@@ -46,6 +46,28 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     if args.processes == 1:
         return run_process(args.modules, args.threads, args.shutdown_timeout)
     return run_processes(args.modules, args.processes, args.threads, args.shutdown_timeout)
+
+
+# -- migrate --------------------------------------------------------------------------------------------
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from fairlane.ledger.database import create_ledger_engine, migrate, schema_revisions
+    from fairlane.settings import load_settings
+
+    settings = load_settings()
+    engine = create_ledger_engine(settings)
+    try:
+        before, _newest = schema_revisions(engine)
+        migrate(engine, settings)
+        after, _newest = schema_revisions(engine)
+    finally:
+        engine.dispose()
+    if before == after:
+        console.print(f"ledger schema: {after}, already current")
+    else:
+        console.print(f"ledger schema: {before or 'empty'} -> {after}")
+    return 0
 
 
 # -- scheduler ------------------------------------------------------------------------------------------
@@ -281,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--shutdown-timeout", type=float, default=600.0, help="seconds to let jobs finish")
     worker.set_defaults(handler=_cmd_worker)
 
+    migrate = commands.add_parser(
+        "migrate", help="bring the ledger schema to the newest revision and exit (run once per release)"
+    )
+    migrate.set_defaults(handler=_cmd_migrate)
+
     scheduler = commands.add_parser(
         "scheduler", help="run a scheduler replica: retention, reaper, cron, leader gauges (one leader)"
     )
@@ -347,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         return int(args.handler(args))
-    except SettingsError as error:
+    except (SettingsError, LedgerOutdated) as error:
         console.print(f"[red]{error}[/]")
         return 2
     except (JobNotFound, ValueError) as error:

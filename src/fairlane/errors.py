@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dramatiq.middleware import Interrupt
 
+from fairlane.ledger.database import LedgerOutdated
 from fairlane.ledger.jobs import JobNotFound
 from fairlane.settings import SettingsError
 
@@ -20,4 +21,4 @@ class JobTimeout(TimeoutError):
     """:func:`fairlane.jobs.wait` gave up before the job finished."""
 
 
-__all__ = ["InvalidJob", "JobCancelled", "JobNotFound", "JobTimeout", "SettingsError"]
+__all__ = ["InvalidJob", "JobCancelled", "JobNotFound", "JobTimeout", "LedgerOutdated", "SettingsError"]

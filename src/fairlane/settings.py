@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     """RabbitMQ URL (``amqp://`` or ``amqps://``)."""
     database_url: str = "sqlite:///./.fairlane/fairlane.db"
     """Ledger URL: ``sqlite:///path`` (embedded default) or ``postgresql://…``."""
+    auto_migrate: bool = True
+    """Migrate the ledger schema on first use. ``false`` where ``fairlane migrate`` does it (the
+    Helm chart's hook Job): a process then refuses to start on an outdated schema."""
     queue_type: Literal["classic", "quorum"] = "classic"
     """RabbitMQ queue type for lane queues."""
     max_priority: int | None = Field(default=None, ge=1, le=255)

@@ -13,6 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from fairlane.settings import Settings
 
@@ -21,6 +23,11 @@ logger = logging.getLogger("fairlane.ledger")
 _MIGRATIONS = Path(__file__).with_name("migrations")
 #: Arbitrary constant naming fairlane's migration lock among PostgreSQL advisory locks.
 _MIGRATION_LOCK_ID = 0x6661_6972_6C61
+
+
+class LedgerOutdated(RuntimeError):
+    """The ledger's schema is not the newest and this process may not migrate it
+    (``FAIRLANE_AUTO_MIGRATE=false``): run ``fairlane migrate`` first."""
 
 
 def utcnow() -> datetime:
@@ -108,10 +115,32 @@ def _migration_lock(engine: sa.Engine, settings: Settings) -> Iterator[sa.Connec
             connection.commit()
 
 
-def migrate(engine: sa.Engine, settings: Settings) -> None:
-    """Bring the ledger schema to the newest revision (safe to call from many processes)."""
+def _alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
+    return config
+
+
+def schema_revisions(engine: sa.Engine) -> tuple[str | None, str | None]:
+    """``(current, newest)``: the ledger's schema revision and the newest this code knows."""
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    return current, ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def require_current_schema(engine: sa.Engine) -> None:
+    """Raise :class:`LedgerOutdated` unless the ledger's schema is the newest revision."""
+    current, newest = schema_revisions(engine)
+    if current != newest:
+        raise LedgerOutdated(
+            f"the ledger schema is at revision {current or 'none'}, this code needs {newest}: run "
+            "`fairlane migrate` (FAIRLANE_AUTO_MIGRATE=false keeps this process from migrating)"
+        )
+
+
+def migrate(engine: sa.Engine, settings: Settings) -> None:
+    """Bring the ledger schema to the newest revision (safe to call from many processes)."""
+    config = _alembic_config()
     with _migration_lock(engine, settings) as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
