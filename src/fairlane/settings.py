@@ -6,6 +6,7 @@ This is the only module that reads the environment. Everything else receives a
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -117,6 +118,12 @@ class Settings(BaseSettings):
     """Shared rate limits by key (JSON in ``FAIRLANE_RATE_LIMITS``), e.g.
     ``{"openai": {"requests_per_minute": 450, "tokens_per_minute": 450000}}``."""
 
+    # -- outbound requests ----------------------------------------------------------------------------
+    webhook_allowed_networks: Annotated[tuple[str, ...], NoDecode] = ()
+    """Networks (CIDRs, comma-separated) the built-in ``webhook`` job may call although they are
+    not public, e.g. ``10.20.0.0/16``. By default it refuses loopback, private, link-local
+    (cloud metadata), shared, multicast and reserved addresses."""
+
     # -- scheduler, health and metrics ----------------------------------------------------------------
     retention_succeeded_days: float = Field(default=30, gt=0)
     retention_dead_days: float = Field(default=90, gt=0)
@@ -157,11 +164,21 @@ class Settings(BaseSettings):
             raise ValueError("must be sqlite:///PATH or postgresql://…")
         return value
 
-    @field_validator("lanes", mode="before")
+    @field_validator("lanes", "webhook_allowed_networks", mode="before")
     @classmethod
-    def _split_lanes(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a network such as 10.0.0.0/8 or fd00::/8") from None
         return value
 
     @model_validator(mode="after")

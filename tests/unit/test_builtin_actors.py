@@ -46,7 +46,14 @@ def builtins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltIns]:
     # Importing the actor modules declares actors on the global app, so build one first
     # (configure does not connect to RabbitMQ until something is published).
     database = tmp_path_factory.mktemp("app") / "app.db"
-    app = fairlane.configure(Settings(database_url=f"sqlite:///{database}", broker_url=BROKER_URL))
+    # The local receiver listens on loopback, which webhooks refuse unless allowed.
+    app = fairlane.configure(
+        Settings(
+            database_url=f"sqlite:///{database}",
+            broker_url=BROKER_URL,
+            webhook_allowed_networks=("127.0.0.0/8",),
+        )
+    )
     package = importlib.import_module("fairlane.actors")
     ingest, webhook = package.ingest, package.webhook
     yield BuiltIns(app=app, ingest=ingest, webhook=webhook)
@@ -432,3 +439,89 @@ def test_webhook_logs_host_and_status_but_never_header_values_or_path(
     # And no secret reaches the logs or the error stored in the ledger
     assert "secret" not in caplog.text
     assert "secret" not in str(raised.value)
+
+
+# -- webhook: internal addresses are refused (SSRF) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",  # loopback
+        "::1",
+        "10.1.2.3",  # private
+        "172.16.0.1",
+        "192.168.1.1",
+        "fd00::1",
+        "169.254.169.254",  # link-local: cloud metadata
+        "fe80::1%eth0",
+        "100.64.0.1",  # shared address space (carrier-grade NAT)
+        "224.0.0.1",  # multicast
+        "ff02::1",
+        "0.0.0.0",  # unspecified
+        "240.0.0.1",  # reserved
+        "192.0.2.10",  # documentation
+        "::ffff:127.0.0.1",  # IPv4-mapped loopback
+    ],
+)
+def test_webhook_refuses_every_non_public_address(builtins: BuiltIns, address: str) -> None:
+    assert not builtins.webhook.address_allowed(address)
+
+
+def test_webhook_allows_public_addresses_and_allowed_networks(builtins: BuiltIns) -> None:
+    import ipaddress
+
+    # Given public addresses, and an internal network an operator allowed
+    internal = (ipaddress.ip_network("10.20.0.0/16"),)
+
+    # Then public ones pass, and only the allowed internal network passes with the allow-list
+    assert builtins.webhook.address_allowed("93.184.216.34")
+    assert builtins.webhook.address_allowed("2606:4700:4700::1111")
+    assert builtins.webhook.address_allowed("10.20.3.4", internal)
+    assert not builtins.webhook.address_allowed("10.21.3.4", internal)
+
+
+def test_webhook_to_a_hostname_resolving_to_loopback_is_refused_without_sending(
+    builtins: BuiltIns, fresh: Receiver
+) -> None:
+    # Given the local receiver reached through a hostname ("localhost") and no allow-list
+    port = urlsplit(fresh.base_url).port
+    post_json = builtins.webhook.post_json
+
+    # When posting to it, then the call is refused (not retried), naming the address and the setting
+    with pytest.raises(
+        builtins.webhook.WebhookAddressRefused, match=r"127\.0\.0\.1.*WEBHOOK_ALLOWED_NETWORKS"
+    ):
+        post_json(f"http://localhost:{port}/ok", {"x": 1}, allowed=())
+    with pytest.raises(builtins.webhook.WebhookRejected):
+        post_json("http://169.254.169.254/latest/meta-data", {}, allowed=(), timeout=2)
+
+    # And nothing reached the receiver
+    assert fresh.received == []
+
+
+def test_webhook_connects_only_to_the_checked_address_of_a_mixed_dns_answer(
+    builtins: BuiltIns, fresh: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ipaddress
+
+    # Given a hostname whose DNS answer mixes a private address and the (allowed) loopback receiver
+    port = urlsplit(fresh.base_url).port
+    real_getaddrinfo = socket.getaddrinfo
+
+    def answer(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "hooks.internal.test":
+            private = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.5", port))
+            return [private, *real_getaddrinfo("127.0.0.1", *args, **kwargs)]
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", answer)
+
+    # When posting with loopback allowed (and 10/8 not)
+    result = builtins.webhook.post_json(
+        f"http://hooks.internal.test:{port}/ok", {"x": 1}, allowed=(ipaddress.ip_network("127.0.0.0/8"),)
+    )
+
+    # Then the call went to the allowed address only, with the hostname as Host
+    assert result["status"] == 200
+    assert fresh.received[0][1]["Host"] == f"hooks.internal.test:{port}"

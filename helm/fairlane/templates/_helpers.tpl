@@ -93,12 +93,13 @@ fairlane/worker-group: {{ index . 2 }}
 
 {{/*
 One fairlane setting as an env value: objects and lists as JSON (settings.py decodes them),
-`lanes` as the comma-separated list it parses, scalars as strings. (list "name" value)
+`lanes` and `webhook_allowed_networks` as the comma-separated lists they parse, scalars as
+strings. (list "name" value)
 */}}
 {{- define "fairlane.settingValue" -}}
 {{- $name := index . 0 }}
 {{- $value := index . 1 }}
-{{- if and (eq $name "lanes") (kindIs "slice" $value) }}
+{{- if and (has $name (list "lanes" "webhook_allowed_networks")) (kindIs "slice" $value) }}
 {{- join "," $value }}
 {{- else if or (kindIs "map" $value) (kindIs "slice" $value) }}
 {{- toJson $value }}

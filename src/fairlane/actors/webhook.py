@@ -6,6 +6,13 @@ backoff, then dead-lettered); any other non-2xx answer, a redirect, or bad input
 :class:`WebhookRejected` (never retried). Redirects are not followed, so custom headers
 (often credentials) only ever go to the host the caller named.
 
+**Internal addresses are refused** (SSRF): the host is resolved when the connection is made and
+only public addresses are connected to, so neither a hostname that resolves to loopback,
+private, link-local (cloud metadata at 169.254.169.254), shared, multicast or reserved space,
+nor one whose DNS answer changes between a check and the connect (rebinding), reaches an
+internal service. ``FAIRLANE_WEBHOOK_ALLOWED_NETWORKS`` lists the internal networks that may be
+called. Environment proxies are not used: the check applies to the real target.
+
 Header values, URL paths and query strings may carry secrets: logs and error messages name
 the host and status only.
 
@@ -21,13 +28,19 @@ the host and status only.
 from __future__ import annotations
 
 import codecs
+import functools
+import http.client
+import ipaddress
 import json
 import logging
 import re
+import socket
+import ssl
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from http.client import HTTPException
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import fairlane
@@ -72,6 +85,92 @@ class WebhookRetryable(Exception):
         self.status = status
 
 
+class WebhookAddressRefused(WebhookRejected):
+    """The URL's host resolves only to addresses that are not public (and not allowed)."""
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def address_allowed(address: str, allowed: Sequence[Network] = ()) -> bool:
+    """Whether a webhook may connect to ``address``: public, or inside an ``allowed`` network."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if any(ip in network for network in allowed):
+        return True
+    return ip.is_global and not ip.is_multicast
+
+
+def _public_connection(allowed: Sequence[Network]) -> Callable[..., socket.socket]:
+    """A ``socket.create_connection`` that connects only to addresses :func:`address_allowed`.
+
+    The address checked is the address connected to: no second lookup an attacker's DNS could
+    answer differently.
+    """
+
+    def create_connection(
+        address: tuple[str, int], timeout: Any = None, source_address: Any = None
+    ) -> socket.socket:
+        host, port = address
+        candidates = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        usable = [candidate for candidate in candidates if address_allowed(str(candidate[4][0]), allowed)]
+        if not usable:
+            refused = sorted({str(candidate[4][0]) for candidate in candidates})
+            raise WebhookAddressRefused(
+                f"webhook host {host} resolves to {', '.join(refused)}, which is not a public address; "
+                "allow its network with FAIRLANE_WEBHOOK_ALLOWED_NETWORKS if it is meant to be called"
+            )
+        error: OSError | None = None
+        for family, kind, proto, _name, sockaddr in usable:
+            sock = socket.socket(family, kind, proto)
+            try:
+                if isinstance(timeout, int | float):  # else http.client's "no timeout given" sentinel
+                    sock.settimeout(timeout)
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(sockaddr)
+                return sock
+            except OSError as failure:
+                sock.close()
+                error = failure
+        assert error is not None
+        raise error
+
+    return create_connection
+
+
+class _PublicHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, allowed: Sequence[Network], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = _public_connection(allowed)
+
+
+class _PublicHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, allowed: Sequence[Network], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = _public_connection(allowed)
+
+
+class _PublicHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, allowed: Sequence[Network]) -> None:
+        super().__init__()
+        self._connection = cast(Any, functools.partial(_PublicHTTPConnection, allowed=allowed))
+
+    def http_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(self._connection, req)
+
+
+class _PublicHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, allowed: Sequence[Network]) -> None:
+        self._tls = ssl.create_default_context()
+        super().__init__(context=self._tls)
+        self._connection = cast(Any, functools.partial(_PublicHTTPSConnection, allowed=allowed))
+
+    def https_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(self._connection, req, context=self._tls)
+
+
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
     """Turn a 3xx into an ``HTTPError`` instead of re-sending (and its headers) elsewhere."""
 
@@ -79,7 +178,15 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_opener = urllib.request.build_opener(_RefuseRedirects())
+@functools.lru_cache(maxsize=8)
+def _opener(allowed: tuple[Network, ...]) -> urllib.request.OpenerDirector:
+    """An opener that connects directly (no environment proxy) to allowed addresses only."""
+    return urllib.request.build_opener(
+        urllib.request.ProxyHandler({}),
+        _PublicHTTPHandler(allowed),
+        _PublicHTTPSHandler(allowed),
+        _RefuseRedirects(),
+    )
 
 
 def _check_url(url: object) -> str:
@@ -157,12 +264,20 @@ def _body_text(raw: bytes, charset: str | None) -> str:
 
 
 def post_json(
-    url: str, payload: dict[str, Any], headers: dict[str, str] | None = None, timeout: float = 10.0
+    url: str,
+    payload: dict[str, Any],
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+    *,
+    allowed: Sequence[Network] = (),
 ) -> dict[str, Any]:
     """POST ``payload`` as JSON to ``url``; return ``{"status": code, "body": first 2 KiB of text}``.
 
+    Only public addresses, and those inside ``allowed`` networks, are connected to.
+
     Raises:
-      WebhookRejected: bad input, a redirect, or a 4xx other than 429.
+      WebhookRejected: bad input, a non-public address (:class:`WebhookAddressRefused`), a
+        redirect, or a 4xx other than 429.
       WebhookRetryable: a 5xx or 429, a timeout, or a connection error.
     """
     host = _check_url(url)
@@ -173,7 +288,7 @@ def post_json(
         url, data=_encode_payload(payload), headers=request_headers, method="POST"
     )
     try:
-        with _opener.open(request, timeout=seconds) as response:
+        with _opener(tuple(allowed)).open(request, timeout=seconds) as response:
             status = int(response.status)
             body = _body_text(response.read(MAX_BODY_CHARS), response.headers.get_content_charset())
     except urllib.error.HTTPError as error:
@@ -199,8 +314,14 @@ def webhook(
 ) -> dict[str, Any]:
     """POST ``payload`` as JSON to ``url`` (http/https) with optional ``headers``; ``timeout`` in (0, 60] s.
 
+    Refuses hosts that resolve to non-public addresses outside ``FAIRLANE_WEBHOOK_ALLOWED_NETWORKS``.
+
     Returns ``{"status": code, "body": first 2 KiB of the response text}``. 5xx, 429,
     timeouts and connection errors are retried (5 retries, backoff from 1 s); bad input,
     redirects and other 4xx fail the job at once.
     """
-    return post_json(url, payload, headers, timeout)
+    allowed = tuple(
+        ipaddress.ip_network(network, strict=False)
+        for network in fairlane.get_app().settings.webhook_allowed_networks
+    )
+    return post_json(url, payload, headers, timeout, allowed=allowed)
