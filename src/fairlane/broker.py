@@ -595,6 +595,10 @@ class _FairlaneConsumer(_RabbitmqConsumer):
             if job_id is not None:  # its row would otherwise stay dispatched
                 self.broker.jobs.kill(job_id, JobError("DecodeError", reason))
             return None
+        if message.queue_name != self.queue_name:
+            # Dramatiq's worker routes the ack by the message's queue name: a message that names
+            # another (a lane queue, as messages sent by earlier fairlane versions do) is acked through us.
+            message = message.copy(queue_name=self.queue_name)
         self.known_tags.add(method.delivery_tag)
         return _RabbitmqMessage(method.redelivered, method.delivery_tag, message)
 
