@@ -47,7 +47,9 @@ class Workers(WorkerProcesses):
         """``{attempt: pid}`` of a job's ``started`` or ``done`` markers."""
         found = {}
         for path in self.markers.glob(f"{job_id}.*.{stage}"):
-            found[int(path.name.split(".")[1])] = int(path.read_text() or 0)
+            pid = path.read_text()
+            if pid:  # an empty file is a marker still being written: not there yet
+                found[int(path.name.split(".")[1])] = int(pid)
         return found
 
     def started_count(self, job_ids: list[str]) -> int:
