@@ -26,9 +26,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from fairlane.app import App, get_app
+from fairlane.app import App, configure
 from fairlane.ledger.database import as_utc
 from fairlane.ledger.schema import FINAL_STATES, jobs
+from fairlane.settings import load_settings
 from fairlane.worker import import_actor_modules, running_worker
 
 NOISY_TENANT = "acme"
@@ -189,7 +190,10 @@ def _summary(app: App, sent: dict[str, list[str]]) -> Table:
 
 def run_demo(console: Console, seconds: float = 45.0) -> int:
     """Run the demo; returns the process exit code."""
-    app = get_app()
+    settings = load_settings()
+    # The demo's webhook sink listens on loopback, which webhooks refuse unless it is allowed.
+    allowed = (*settings.webhook_allowed_networks, "127.0.0.1/32")
+    app = configure(settings.model_copy(update={"webhook_allowed_networks": allowed}))
     problem = rabbitmq_problem(app.settings.broker_url)
     if problem is not None:
         console.print(
