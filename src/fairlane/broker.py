@@ -90,6 +90,11 @@ class FairlaneBroker(RabbitmqBroker):
         """The RabbitMQ queue holding ``queue``'s dispatched jobs of ``lane``."""
         return f"{queue}.{lane}"
 
+    def is_lane_queue(self, queue_name: str) -> bool:
+        """Whether ``queue_name`` is one of fairlane's lane queues (``Q.normal`` …)."""
+        head, _, tail = queue_name.rpartition(".")
+        return bool(head) and tail in self.lane_ranks
+
     def actor_queue_of(self, queue_name: str) -> str:
         """The actor queue a lane, delay or dead-letter queue belongs to (identity for actor queues)."""
         head, _, tail = queue_name.rpartition(".")
@@ -547,8 +552,7 @@ class _FairlaneConsumer(_RabbitmqConsumer):
         self.known_tags: set[int] = set()
         self._timeout = timeout / 1000
         self._ready: collections.deque[tuple[Any, bytes, bool]] = collections.deque()
-        tail = queue_name.rpartition(".")[2]
-        if tail in broker.lane_ranks or tail == "DQ":
+        if broker.is_lane_queue(queue_name) or queue_name.endswith(".DQ"):
             names = [queue_name]
         else:
             names = [broker.lane_queue_name(queue_name, lane) for lane in broker.settings.lanes]
@@ -558,7 +562,7 @@ class _FairlaneConsumer(_RabbitmqConsumer):
             self.channel = self.connection.channel()
             self.channel.basic_qos(prefetch_count=prefetch)
             for name in names:
-                plain = name.rpartition(".")[2] not in broker.lane_ranks
+                plain = not broker.is_lane_queue(name)
                 self.channel.basic_consume(name, functools.partial(self._received, plain=plain))
         except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
             if getattr(error, "reply_code", None) == 404:  # a queue went away: declare it again
