@@ -29,6 +29,7 @@ from fairlane.middleware.results import Results
 from fairlane.middleware.retries import Retries
 from fairlane.middleware.services import WorkerServices
 from fairlane.middleware.tracking import Tracking, default_worker_id
+from fairlane.notifications import CancelledJobs
 from fairlane.settings import Settings, load_settings
 
 
@@ -74,6 +75,10 @@ def build_app(settings: Settings) -> App:
     rate_limits = RateLimits(engine, settings.rate_limits)
     admission = Admission(engine, settings, rate_limits)
     writer = LedgerWriter(engine, default_worker_id())
+    cancelled = CancelledJobs()  # filled by the dispatcher's listener, read by Tracking
+    cancellation = Cancellation(jobs, writer, settings.cancel_poll_interval)
+    # A job that runs before its start is recorded is interrupted if the ledger refuses the start.
+    writer.on_refused = cancellation.interrupt
     # Order matters. Dramatiq runs ``before_*`` hooks in this order and ``after_*`` hooks in
     # reverse: Retries (last here, as in Dramatiq's defaults) decides a failure first, so
     # Results, Pipelines and Callbacks see its ``retries`` options and ``message.failed``,
@@ -83,10 +88,10 @@ def build_app(settings: Settings) -> App:
     middleware = [
         AgeLimit(),
         RateLimitPauses(jobs, rate_limits),
-        Tracking(jobs, writer),
+        Tracking(jobs, writer, cancelled),
         Metrics(),
         JobContext(jobs),
-        Cancellation(jobs, writer, settings.cancel_poll_interval),
+        cancellation,
         TimeLimit(time_limit=settings.time_limit),
         ShutdownNotifications(),
         Callbacks(),
@@ -94,7 +99,7 @@ def build_app(settings: Settings) -> App:
         Results(writer, settings),
         Retries(writer, settings),
     ]
-    broker = FairlaneBroker(settings, admission, jobs, middleware)
+    broker = FairlaneBroker(settings, admission, jobs, middleware, cancelled)
     # Starts free dispatch slots: after each flush the writer asks the dispatcher to refill them.
     writer.on_started = broker.dispatcher.slots_freed
     writer.on_retrying = broker.dispatcher.retries_due  # a retry due now runs now, not at the next sweep

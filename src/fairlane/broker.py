@@ -42,7 +42,9 @@ from fairlane.ledger.actors import ActorCatalog, CatalogEntry
 from fairlane.ledger.admission import Admission, AdmittedJob, NewJob
 from fairlane.ledger.database import utcnow
 from fairlane.ledger.jobs import JobError, JobStore
+from fairlane.message_headers import attach_start_hint, read_start_hint, start_headers
 from fairlane.middleware.context import running_tenant
+from fairlane.notifications import CancelledJobs
 from fairlane.observability.catalog import JOBS_ENQUEUED
 from fairlane.settings import Settings
 from fairlane.validation import check_idempotency_key, check_tenant
@@ -64,7 +66,12 @@ class FairlaneBroker(RabbitmqBroker):
     """A Dramatiq RabbitMQ broker whose ``enqueue`` admits jobs through the ledger."""
 
     def __init__(
-        self, settings: Settings, admission: Admission, jobs: JobStore, middleware: list[Middleware]
+        self,
+        settings: Settings,
+        admission: Admission,
+        jobs: JobStore,
+        middleware: list[Middleware],
+        cancelled: CancelledJobs | None = None,
     ) -> None:
         self.settings = settings
         self.lane_ranks = {lane: rank for rank, lane in enumerate(settings.lanes)}
@@ -78,7 +85,7 @@ class FairlaneBroker(RabbitmqBroker):
         self.admission = admission
         self.jobs = jobs
         self.catalog = ActorCatalog(admission.engine)
-        self.dispatcher = Dispatcher(admission, settings, self.publish_batch)
+        self.dispatcher = Dispatcher(admission, settings, self.publish_batch, cancelled)
 
     @property
     def consumer_class(self) -> type[_RabbitmqConsumer]:
@@ -257,9 +264,8 @@ class FairlaneBroker(RabbitmqBroker):
         its job dispatched, and the reaper publishes it again after ``dispatch_timeout``.
         """
         try:
-            self._publish_unconfirmed(
-                job.queue, job.lane, job.message.encode(), _properties(stored.options.get("broker_priority"))
-            )
+            properties = _properties(stored.options.get("broker_priority"), start_headers(1, job.run_at))
+            self._publish_unconfirmed(job.queue, job.lane, job.message.encode(), properties)
         except (ConnectionClosed, pika.exceptions.AMQPError) as error:
             logger.warning(
                 "event=publish_failed queue=%s jobs=1 error=%s action='the job waits in the ledger'",
@@ -339,18 +345,22 @@ class FairlaneBroker(RabbitmqBroker):
                     exchange="",
                     routing_key=self.lane_queue_name(queue, job.lane),
                     body=job.message.encode(),
-                    properties=self._stored_properties(job.message),
+                    properties=self._stored_properties(job),
                 )
             channel.tx_commit()
         except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
             del self.connection
             raise ConnectionClosed(error) from None
 
-    def _stored_properties(self, message: str) -> pika.BasicProperties:
-        """The AMQP properties of a stored message: persistent, with its ``broker_priority``."""
+    def _stored_properties(self, job: AdmittedJob) -> pika.BasicProperties:
+        """The AMQP properties of an admitted job's stored message: persistent, with its
+        ``broker_priority`` and, when known, its start hint (:mod:`fairlane.message_headers`)."""
+        headers = None
+        if job.attempt is not None and job.runnable_since is not None:
+            headers = start_headers(job.attempt, job.runnable_since)
         if self.settings.max_priority is None:
-            return _PERSISTENT
-        return _properties(json.loads(message).get("options", {}).get("broker_priority"))
+            return _properties(None, headers)
+        return _properties(json.loads(job.message).get("options", {}).get("broker_priority"), headers)
 
     def _transaction_channel(self) -> Any:
         """This thread's channel in AMQP transaction mode (on its publishing connection)."""
@@ -488,10 +498,10 @@ def _replace_options(message: Message[Any], options: dict[str, Any]) -> Message[
     )
 
 
-def _properties(broker_priority: int | None) -> pika.BasicProperties:
-    if broker_priority is None:
+def _properties(broker_priority: int | None, headers: dict[str, int] | None = None) -> pika.BasicProperties:
+    if broker_priority is None and headers is None:
         return _PERSISTENT
-    return pika.BasicProperties(delivery_mode=2, priority=broker_priority)
+    return pika.BasicProperties(delivery_mode=2, priority=broker_priority, headers=headers)
 
 
 def _check_json_encoder() -> None:
@@ -551,7 +561,7 @@ class _FairlaneConsumer(_RabbitmqConsumer):
         self.logger = logging.getLogger("dramatiq.brokers.rabbitmq._FairlaneConsumer")
         self.known_tags: set[int] = set()
         self._timeout = timeout / 1000
-        self._ready: collections.deque[tuple[Any, bytes, bool]] = collections.deque()
+        self._ready: collections.deque[tuple[Any, Any, bytes, bool]] = collections.deque()
         if broker.is_lane_queue(queue_name) or queue_name.endswith(".DQ"):
             names = [queue_name]
         else:
@@ -569,8 +579,8 @@ class _FairlaneConsumer(_RabbitmqConsumer):
                 broker.queues_pending.add(broker.actor_queue_of(queue_name))
             raise ConnectionClosed(error) from None
 
-    def _received(self, _channel: Any, method: Any, _properties: Any, body: bytes, *, plain: bool) -> None:
-        self._ready.append((method, body, plain))
+    def _received(self, _channel: Any, method: Any, properties: Any, body: bytes, *, plain: bool) -> None:
+        self._ready.append((method, properties, body, plain))
 
     def __next__(self) -> Any:
         try:
@@ -586,7 +596,7 @@ class _FairlaneConsumer(_RabbitmqConsumer):
             raise ConnectionClosed(error) from None
         if not self._ready:
             return None
-        method, body, plain = self._ready.popleft()
+        method, properties, body, plain = self._ready.popleft()
         if plain:
             self._dead_letter(method, body, _PLAIN_SENDER.format(queue=method.routing_key))
             return None
@@ -604,7 +614,9 @@ class _FairlaneConsumer(_RabbitmqConsumer):
             # another (a lane queue, as messages sent by earlier fairlane versions do) is acked through us.
             message = message.copy(queue_name=self.queue_name)
         self.known_tags.add(method.delivery_tag)
-        return _RabbitmqMessage(method.redelivered, method.delivery_tag, message)
+        received = _RabbitmqMessage(method.redelivered, method.delivery_tag, message)
+        attach_start_hint(received, read_start_hint(properties.headers))
+        return received
 
     def _dead_letter(self, method: Any, body: bytes, reason: str) -> None:
         logger.error("event=message_dead_lettered queue=%s reason=%r", self.queue_name, reason)

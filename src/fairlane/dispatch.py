@@ -33,15 +33,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
 
 import pika.exceptions
 import sqlalchemy as sa
 from dramatiq.errors import ConnectionClosed
 
-from fairlane.ledger.admission import ADMISSION_CHANNEL, Admission, AdmittedJob
-from fairlane.ledger.database import dedicated_connection
+from fairlane.ledger.admission import Admission, AdmittedJob
 from fairlane.ledger.workers import WorkerStore
+from fairlane.notifications import CancelledJobs, LedgerListener
 from fairlane.observability.catalog import JOBS_DEFERRED
 from fairlane.settings import Settings
 
@@ -66,11 +65,20 @@ PublishBatch = Callable[[str, Sequence[AdmittedJob]], None]
 class Dispatcher:
     """Runs admission rounds for the queues this process serves, and publishes what they admit."""
 
-    def __init__(self, admission: Admission, settings: Settings, publish_batch: PublishBatch) -> None:
+    def __init__(
+        self,
+        admission: Admission,
+        settings: Settings,
+        publish_batch: PublishBatch,
+        cancelled: CancelledJobs | None = None,
+    ) -> None:
         self.admission = admission
         self.settings = settings
         self.publish_batch = publish_batch
         self.workers = WorkerStore(admission.engine)
+        #: Jobs cancelled before they started, as heard on the listener (see fairlane.notifications).
+        self.cancelled = cancelled if cancelled is not None else CancelledJobs()
+        self.listener = LedgerListener(admission.engine, self.cancelled)
         self._queues: set[str] = set()
         self._requested: set[str] = set()
         #: Slots freed by starts per queue since its last round.
@@ -199,8 +207,12 @@ class Dispatcher:
                 with contextlib.suppress(OSError):
                     os.close(fd)
 
+    def listen(self) -> None:
+        """Start listening for wake-ups and cancels now (a worker does, before it consumes)."""
+        self.listener.connect()
+
     def _run(self) -> None:
-        listener = _Listener(self.admission.engine)
+        listener = self.listener
         next_sweep = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -225,7 +237,7 @@ class Dispatcher:
         except Exception:
             logger.exception("event=admission_failed queue=%s", queue)
 
-    def _wait(self, listener: _Listener, next_sweep: float) -> None:
+    def _wait(self, listener: LedgerListener, next_sweep: float) -> None:
         """Until woken, notified, the next sweep, or a hint falls due."""
         timeout = next_sweep - time.monotonic()
         with self._lock:
@@ -241,7 +253,7 @@ class Dispatcher:
                 while os.read(self._wake_r, 4096):
                     pass
 
-    def _take_requests(self, listener: _Listener) -> set[str]:
+    def _take_requests(self, listener: LedgerListener) -> set[str]:
         notified = listener.notified()
         now = time.time()
         with self._lock:
@@ -251,54 +263,6 @@ class Dispatcher:
             for queue in due:
                 del self._hints[queue]
         return queues | due
-
-
-class _Listener:
-    """``LISTEN fairlane_admission`` on a dedicated PostgreSQL connection (nothing on SQLite)."""
-
-    def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
-        self._raw: Any = None  # the psycopg connection
-        self._retry_at = 0.0
-
-    def _connection(self) -> Any:
-        wanted = self._raw is None and self.engine.dialect.name == "postgresql"
-        if wanted and time.monotonic() >= self._retry_at:
-            try:
-                connection = dedicated_connection(self.engine)
-                connection.execute(f"LISTEN {ADMISSION_CHANNEL}")
-                self._raw = connection
-            except Exception as error:
-                self._retry_at = time.monotonic() + 1.0
-                logger.warning("event=listen_failed error=%s action='sweeping until it reconnects'", error)
-        return self._raw
-
-    def fds(self) -> list[int]:
-        connection = self._connection()
-        return [] if connection is None else [connection.fileno()]
-
-    def notified(self) -> set[str]:
-        """Queues named by the notifications received since the last call."""
-        connection = self._connection()
-        if connection is None:
-            return set()
-        queues: set[str] = set()
-        try:
-            connection.pgconn.consume_input()
-            while (notification := connection.pgconn.notifies()) is not None:
-                queues.add(notification.extra.decode())
-        except Exception as error:
-            logger.warning("event=listen_lost error=%s action=reconnecting", error)
-            self.close()
-        return queues
-
-    def close(self) -> None:
-        raw, self._raw = self._raw, None
-        if raw is not None:
-            try:
-                raw.close()
-            except Exception:
-                logger.debug("event=listen_close_failed")
 
 
 __all__ = ["BUDGET_PER_THREAD", "DEFAULT_BUDGET", "Dispatcher"]

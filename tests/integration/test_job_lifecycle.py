@@ -297,6 +297,7 @@ def test_cancel_running_job_interrupts_it(app: Any, queue: str, worker: Any) -> 
     with worker():
         message = long_export.send()
         assert started.wait(10)
+        eventually(lambda: fairlane.jobs.get(message.message_id).state == "running", message="start recorded")
 
         # When it is cancelled
         requested = fairlane.jobs.cancel(message.message_id)
@@ -306,6 +307,39 @@ def test_cancel_running_job_interrupts_it(app: Any, queue: str, worker: Any) -> 
         job = fairlane.jobs.wait(message.message_id, timeout=10)
     assert interrupted.is_set()
     assert (job.state, job.attempts) == ("cancelled", 1)
+
+
+def test_cancel_of_a_job_already_in_a_workers_hands_keeps_it_from_running(
+    app: Any, queue: str, worker: Any
+) -> None:
+    # Given a one-thread worker busy with a blocking job, and a second job it has prefetched
+    release = threading.Event()
+    ran: list[str] = []
+
+    @fairlane.actor(queue_name=queue)
+    def step(label: str) -> None:
+        ran.append(label)
+        if label == "blocker":
+            release.wait(10)
+
+    with worker(threads=1):
+        step.send("blocker")
+        eventually(lambda: ran == ["blocker"], message="blocker running")
+        victim = step.send("victim").message_id
+        eventually(lambda: lane_depth(app, queue, "normal") == 0, message="victim prefetched")
+
+        # When the prefetched job is cancelled (on PostgreSQL the worker hears of it at once)
+        assert fairlane.jobs.cancel(victim).state == "cancelled"
+        if app.engine.dialect.name == "postgresql":
+            eventually(lambda: victim in app.broker.dispatcher.cancelled, message="cancel heard")
+        release.set()
+
+        # Then it never runs, while the worker goes on with other work
+        after = step.send("after").message_id
+        assert fairlane.jobs.wait(after, timeout=10).state == "succeeded"
+    assert ran == ["blocker", "after"]
+    job = fairlane.jobs.get(victim)
+    assert (job.state, job.attempts, job.started_at) == ("cancelled", 0, None)
 
 
 def test_cancel_finished_job_changes_nothing_and_unknown_id_raises(app: Any, queue: str, worker: Any) -> None:

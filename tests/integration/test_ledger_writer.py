@@ -116,7 +116,7 @@ def _insert(engine: sa.Engine, state: str, count: int = 1) -> list[str]:
             "lane_rank": 2,
             "state": state,
             "stride_pass": 0.0,
-            "attempts": 1 if state in (RUNNING, RETRYING, SUCCEEDED, DEAD) else 0,
+            "attempts": _attempts_before(state),
             "message": "{}",
             "enqueued_at": then,
             "next_run_at": then,
@@ -127,6 +127,11 @@ def _insert(engine: sa.Engine, state: str, count: int = 1) -> list[str]:
     with engine.begin() as connection:
         connection.execute(jobs.insert(), rows)
     return ids
+
+
+def _attempts_before(state: str) -> int:
+    """Attempts a job inserted by ``_insert`` in ``state`` has used."""
+    return 1 if state in (RUNNING, RETRYING, SUCCEEDED, DEAD) else 0
 
 
 def _rows(engine: sa.Engine, ids: list[str]) -> dict[str, Any]:
@@ -341,3 +346,72 @@ def test_nul_characters_in_an_error_are_stored_escaped_not_refused(
             "line\\x00one",
             "Traceback\\x00…",
         )
+
+
+# -- jobs that run before their start is flushed -------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_a_job_that_finished_before_its_start_was_flushed_is_recorded_in_one_write(
+    engine: sa.Engine, writer: CountingWriter, state: str
+) -> None:
+    # Given, for each finish, a job in ``state`` whose worker ran it without waiting for its start
+    finish_jobs = dict(zip(FINISHES, _insert(engine, state, len(FINISHES)), strict=True))
+    [gate] = _insert(engine, RUNNING)
+    freed: list[dict[str, int]] = []
+    refused: list[str] = []
+    writer.on_started = lambda counts: freed.append(dict(counts))
+    writer.on_refused = refused.append
+
+    # When each job's start and finish reach the writer while it is busy with another flush
+    error = JobError("ValueError", "boom")
+    with writer.held(gate):
+        for target, job_id in finish_jobs.items():
+            writer.started(job_id, "q")
+            run_at = utcnow() if target == RETRYING else None
+            writer.finish(Finish(job_id, target, error=None if target == SUCCEEDED else error, run_at=run_at))
+        flushes = writer.flushes
+    writer.stop()
+
+    # Then all of them went in one flush
+    assert writer.flushes == flushes + 1
+    rows = _rows(engine, list(finish_jobs.values()))
+    if state in START.sources:
+        # And each attempt was counted and ended at its own target, by this worker
+        for target, job_id in finish_jobs.items():
+            row = rows[job_id]
+            expected = (target, _attempts_before(state) + 1)
+            assert (row.state, row.attempts) == expected, f"start and finish to {target} from {state}"
+            assert row.started_at is not None
+            assert row.worker_id == (None if target == RETRYING else WORKER)
+        assert sum(counts.get("q", 0) for counts in freed) == len(FINISHES)
+    else:
+        # And a job that could not start left no trace (its attempt is dropped, nothing to interrupt)
+        for job_id in finish_jobs.values():
+            assert rows[job_id].state == state
+            assert rows[job_id].attempts == _attempts_before(state)
+    assert refused == []
+
+
+def test_a_refused_start_interrupts_the_running_job_and_drops_its_finish(
+    engine: sa.Engine, writer: CountingWriter
+) -> None:
+    # Given a job cancelled after its worker began running it, and a dispatched one that may start
+    cancelled, dispatched = _insert(engine, CANCELLED)[0], _insert(engine, DISPATCHED)[0]
+    refused: list[str] = []
+    writer.on_refused = refused.append
+
+    # When the worker records both starts
+    writer.started(cancelled, "q")
+    writer.started(dispatched, "q")
+
+    # Then the ledger refuses the cancelled job's start and the worker is told to interrupt it
+    _until(lambda: refused == [cancelled], "the refusal")
+
+    # And when both jobs finish, only the one that was allowed to start is recorded
+    writer.finish(Finish(cancelled, SUCCEEDED, result_json=json.dumps(1)))
+    writer.finish(Finish(dispatched, SUCCEEDED, result_json=json.dumps(2)))
+    writer.stop()
+    rows = _rows(engine, [cancelled, dispatched])
+    assert (rows[cancelled].state, rows[cancelled].attempts, rows[cancelled].result) == (CANCELLED, 0, None)
+    assert (rows[dispatched].state, rows[dispatched].attempts) == (SUCCEEDED, 1)

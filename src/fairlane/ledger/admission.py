@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from fairlane.ledger import transitions
-from fairlane.ledger.database import utcnow
+from fairlane.ledger.database import as_utc, utcnow
 from fairlane.ledger.ratelimits import RateLimits
 from fairlane.ledger.schema import (
     BACKLOG_PREDICATE,
@@ -91,6 +91,10 @@ class AdmittedJob:
     id: str
     lane: str
     message: str
+    #: The attempt its next start will be, and since when it is runnable, when known: published
+    #: with the message, so a worker can run it without waiting for its start to be recorded.
+    attempt: int | None = None
+    runnable_since: datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,7 +337,10 @@ class Admission:
             stored_credits = self._credits(connection, queue) if contended else [0.0] * len(candidates)
             credits = list(stored_credits)
             chosen = self._choose(connection, candidates, credits, state, capped)
-            admitted = [AdmittedJob(row.id, row.lane, row.message) for row in chosen]
+            admitted = [
+                AdmittedJob(row.id, row.lane, row.message, row.attempts + 1, as_utc(row.next_run_at))
+                for row in chosen
+            ]
             if chosen:
                 self._dispatch(connection, queue, chosen, now)
                 if contended:
@@ -390,6 +397,8 @@ class Admission:
                 jobs.c.message,
                 jobs.c.rate_key,
                 jobs.c.rate_tokens,
+                jobs.c.attempts,
+                jobs.c.next_run_at,
             )
             .where(jobs.c.queue == queue, BACKLOG_PREDICATE, jobs.c.next_run_at <= now)
             .order_by(jobs.c.lane_rank, jobs.c.stride_pass, jobs.c.id)

@@ -91,6 +91,23 @@ class Start:
     runnable_since: datetime | None = None
 
 
+#: The PostgreSQL NOTIFY channel on which a cancel names a job that must not start (payload: its id):
+#: workers that run jobs before their start is recorded skip it (see fairlane.notifications).
+CANCEL_CHANNEL = "fairlane_cancel"
+#: How far back a worker that starts listening looks for jobs cancelled before they started.
+CANCEL_LOOKBACK_SECONDS = 3600
+#: At most this many of them are loaded.
+CANCEL_LOOKBACK_LIMIT = 10_000
+#: Jobs cancelled before they started within the lookback (PostgreSQL; uses the cleanup index).
+CANCELLED_UNSTARTED_PG = f"""
+SELECT id FROM fairlane_jobs
+WHERE state = '{CANCELLED}' AND finished_at > now() - interval '{CANCEL_LOOKBACK_SECONDS} seconds'
+  AND started_at IS NULL AND dispatched_at IS NOT NULL
+ORDER BY finished_at DESC
+LIMIT {CANCEL_LOOKBACK_LIMIT}
+"""
+
+
 def _job_from_row(row: sa.Row[Any]) -> Job:
     error = None
     if row.error_type is not None:
@@ -253,6 +270,9 @@ class JobStore:
             cancelled = connection.execute(transitions.CANCEL_ONE, {"p_id": job_id, "p_now": now}).rowcount
             if not cancelled:
                 connection.execute(transitions.REQUEST_CANCEL_ONE, {"p_id": job_id, "p_now": now})
+            elif connection.dialect.name == "postgresql":
+                # Delivered at commit: a worker holding the job's message skips it.
+                connection.execute(sa.select(sa.func.pg_notify(CANCEL_CHANNEL, job_id)))
         return self.get(job_id)
 
     def dead_jobs(

@@ -153,9 +153,11 @@ REQUEST_CANCEL_ONE = (
     .where(jobs.c.id == sa.bindparam("p_id"), jobs.c.state == RUNNING)
     .values(cancel_requested=True, updated_at=_NOW)
 )
+#: Not a transition: a running job's progress (also before its start is flushed: the job runs
+#: already, see fairlane.ledger.writer, so any state it may start from is accepted).
 PROGRESS_ONE = (
     jobs.update()
-    .where(jobs.c.id == sa.bindparam("p_id"), jobs.c.state == RUNNING)
+    .where(jobs.c.id == sa.bindparam("p_id"), jobs.c.state.in_((*START.sources, RUNNING)))
     .values(progress=sa.bindparam("p_progress", type_=sa.JSON), updated_at=_NOW)
 )
 
@@ -175,10 +177,14 @@ def _in(states: tuple[str, ...]) -> str:
 # -- batched statements (PostgreSQL): one statement for many jobs -------------------------------------
 
 #: One flush of a worker's ledger writer, in one statement (one round trip, one commit):
-#: finish many running jobs, each to its own target (succeeded, retrying, dead or cancelled),
-#: and start many received jobs (``restart`` marks redelivered messages, which may restart a
-#: running job); a data-modifying CTE always runs to completion. Returns one row per start id
-#: that exists, with its attempt number if it started: a missing row means an unknown job.
+#: finish many jobs, each to its own target (succeeded, retrying, dead or cancelled), and start
+#: many received jobs (``restart`` marks redelivered messages, which may restart a running job);
+#: a data-modifying CTE always runs to completion. A finish either ends a running job (SUCCEED,
+#: RETRY, FAIL, INTERRUPT), or, when ``starting``, is the whole attempt of a job that started and
+#: finished before its start was flushed: START and the finish applied together, so the row goes
+#: from START's sources through ``running`` to the finish's target in one write.
+#: Returns one row per start id that exists, with its attempt number if it started (a missing
+#: row means an unknown job), then one row per ``starting`` finish that applied (``ran``).
 #: A success keeps the error of an earlier attempt; a retry keeps the result columns empty and
 #: may replace the stored message (Dramatiq's retry options for the next attempt).
 #: No job may be both finished and started in one flush (PostgreSQL would apply only one).
@@ -186,6 +192,8 @@ FLUSH_PG = f"""
 WITH finished AS (
   UPDATE fairlane_jobs AS j
   SET state = f.state,
+      attempts = j.attempts + CASE WHEN f.starting THEN 1 ELSE 0 END,
+      started_at = CASE WHEN f.starting THEN %(now)s ELSE j.started_at END,
       result = coalesce(f.result::json, j.result),
       result_path = coalesce(f.result_path, j.result_path),
       error_type = coalesce(f.error_type, j.error_type),
@@ -193,14 +201,19 @@ WITH finished AS (
       error_traceback = coalesce(f.error_traceback, j.error_traceback),
       next_run_at = coalesce(f.run_at, j.next_run_at),
       message = coalesce(f.message, j.message),
-      worker_id = CASE WHEN f.state = '{RETRYING}' THEN NULL ELSE j.worker_id END,
+      worker_id = CASE WHEN f.state = '{RETRYING}' THEN NULL
+                       WHEN f.starting THEN %(worker)s ELSE j.worker_id END,
       finished_at = CASE WHEN f.state = '{RETRYING}' THEN j.finished_at ELSE %(now)s END,
       updated_at = %(now)s
   FROM unnest(%(finish_ids)s::text[], %(states)s::text[], %(results)s::text[],
               %(result_paths)s::text[], %(error_types)s::text[], %(error_messages)s::text[],
-              %(error_tracebacks)s::text[], %(run_ats)s::timestamptz[], %(messages)s::text[])
-       AS f(id, state, result, result_path, error_type, error_message, error_traceback, run_at, message)
-  WHERE j.id = f.id AND j.state = '{RUNNING}' AND f.state IN ({_in(tuple(FINISHES))})
+              %(error_tracebacks)s::text[], %(run_ats)s::timestamptz[], %(messages)s::text[],
+              %(starting)s::boolean[])
+       AS f(id, state, result, result_path, error_type, error_message, error_traceback, run_at, message,
+            starting)
+  WHERE j.id = f.id AND f.state IN ({_in(tuple(FINISHES))})
+    AND CASE WHEN f.starting THEN j.state IN ({_in(START.sources)}) ELSE j.state = '{RUNNING}' END
+  RETURNING j.id, f.starting
 ), started AS (
   UPDATE fairlane_jobs AS j
   SET state = '{RUNNING}', attempts = j.attempts + 1, started_at = %(now)s, worker_id = %(worker)s,
@@ -210,9 +223,11 @@ WITH finished AS (
     AND (j.state IN ({_in(START.sources)}) OR (s.restart AND j.state IN ({_in(RESTART.sources)})))
   RETURNING j.id, j.attempts, j.next_run_at
 )
-SELECT e.id, s.attempts, s.next_run_at
+SELECT e.id, s.attempts, s.next_run_at, false AS ran
 FROM fairlane_jobs AS e LEFT JOIN started AS s ON s.id = e.id
 WHERE e.id = ANY(%(start_ids)s::text[])
+UNION ALL
+SELECT f.id, NULL, NULL, true FROM finished AS f WHERE f.starting
 """
 
 

@@ -6,8 +6,14 @@ the starts together, on its own autocommit connection; on SQLite, one transactio
 starts over at once: *natural batching*, no timer. An idle worker pays one round trip per
 start and per finish; a busy one pays one per batch of jobs.
 
-A start blocks its thread until flushed: whether the job may run (not cancelled, not already
-running or finished) is decided there. A finish does not block: the thread moves on and
+A start through :meth:`LedgerWriter.start` blocks its thread until flushed: whether the job may
+run (not cancelled, not already running or finished) is decided there. A start through
+:meth:`LedgerWriter.started` does not block: the job already runs (its worker knew it may, see
+:mod:`fairlane.middleware.tracking`), and the start is recorded at the next flush, or together
+with the job's finish when the job ended before that flush (one write for the whole attempt).
+If the ledger refuses such a start (the job was cancelled or started elsewhere meanwhile),
+``on_refused`` is told, so the worker interrupts the job, and its finish is dropped: a refused
+attempt leaves no trace in the ledger. A finish does not block: the thread moves on and
 Dramatiq acks the message while the finish waits for the next flush.
 
 **Crashes (at-least-once).** A job is running in the ledger from its start's flush on, so a
@@ -17,6 +23,8 @@ worker killed at any instant leaves each of its jobs in one of these states:
   message and the job runs again once the reaper has given up on the dead worker;
 * acked, finish not yet flushed: the row still says running under the dead worker, and the
   reaper returns the job to the backlog once the worker's heartbeat stops: it runs again;
+  if its start was not flushed either, the row still says dispatched, and the reaper
+  publishes its message again after ``dispatch_timeout``: it runs again;
 * finish flushed: done; a redelivered copy finds the job finished and is skipped.
 
 A clean stop (SIGTERM) flushes every pending finish before the process exits.
@@ -50,6 +58,8 @@ logger = logging.getLogger("fairlane.ledger")
 _REFUSED = "LedgerWriteRefused"
 #: Longest pause between two tries of a flush that failed on a lost connection.
 MAX_RETRY_PAUSE = 2.0
+#: How many refused starts are remembered until their finish comes (and is dropped).
+MAX_REFUSED = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +92,10 @@ class _Request:
     restart: bool = False
     finish: Finish | None = None
     queue: str = ""
+    #: A start that nobody waits for: its job already runs.
+    running: bool = False
+    #: A finish that also records its job's start (the start was not flushed yet).
+    starting: bool = False
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     start: Start | None = None
     error: BaseException | None = None
@@ -106,6 +120,10 @@ class LedgerWriter:
         self.on_started = on_started
         #: Called after each flush that scheduled retries: per queue, when its first one is due.
         self.on_retrying: Callable[[dict[str, datetime]], None] | None = None
+        #: Called with the id of a job that runs already and whose start the ledger refused.
+        self.on_refused: Callable[[str], object] | None = None
+        #: Jobs whose start was refused, until their finish comes and is dropped (oldest first).
+        self._refused_starts: dict[str, None] = {}
         self._postgresql = engine.dialect.name == "postgresql"
         self._starts: list[_Request] = []
         self._finishes: list[_Request] = []
@@ -132,6 +150,15 @@ class LedgerWriter:
         request = self._submit(_Request(job_id, restart=redelivered, queue=queue))
         assert request.start is not None
         return request.start
+
+    def started(self, job_id: str, queue: str) -> None:
+        """Record, at the next flush, the start of a job that already runs (this does not wait).
+
+        For a job whose worker knows it may start (see :mod:`fairlane.middleware.tracking`).
+        Should the ledger refuse the start after all, ``on_refused`` is called with the id and
+        the job's finish is dropped.
+        """
+        self._submit(_Request(job_id, queue=queue, running=True), wait=False)
 
     def finish(self, finish: Finish) -> None:
         """Record how a running job's attempt ended, at the next flush (this does not wait)."""
@@ -177,14 +204,33 @@ class LedgerWriter:
             with self._lock:
                 while not (self._starts or self._finishes or self._stopping):
                     self._lock.wait()
-                finishes, self._finishes = self._finishes, []
+                finishes = [request for request in self._finishes if not self._drop_refused(request)]
+                self._finishes = []
                 finishing = {request.job_id for request in finishes}
-                # A job is never finished and started in one flush: such a start waits for the next.
+                # The start of a job that already ran goes with its finish, as one write.
+                unflushed = {request.job_id: request.queue for request in self._starts if request.running}
+                for request in finishes:
+                    if request.job_id in unflushed:
+                        request.starting, request.queue = True, unflushed[request.job_id]
+                merged = finishing & unflushed.keys()
                 starts = [request for request in self._starts if request.job_id not in finishing]
-                self._starts = [request for request in self._starts if request.job_id in finishing]
+                # Otherwise a job is never finished and started in one flush: its start waits for the next.
+                self._starts = [
+                    request
+                    for request in self._starts
+                    if request.job_id in finishing and request.job_id not in merged
+                ]
                 if not (starts or finishes):
                     return  # stopping, and nothing left to flush
             self._flush_until_done(finishes, starts)
+
+    def _drop_refused(self, request: _Request) -> bool:
+        """Whether ``request`` is the finish of a job whose start was refused (then it is forgotten)."""
+        if request.job_id not in self._refused_starts:
+            return False
+        del self._refused_starts[request.job_id]
+        logger.info("event=job_outcome_dropped job=%s reason='its start was refused'", request.job_id)
+        return True
 
     def _flush_until_done(self, finishes: list[_Request], starts: list[_Request]) -> None:
         pause = 0.05
@@ -232,32 +278,58 @@ class LedgerWriter:
             return  # even the plain dead-letter record was refused: the reaper's turn
         reason = JobError(_REFUSED, f"the ledger refused its {finish.state} record: {type(error).__name__}")
         dead = Finish(finish.job_id, DEAD, error=reason)
-        self._flush_until_done([_Request(finish.job_id, finish=dead)], [])
+        self._flush_until_done([_Request(finish.job_id, finish=dead, starting=request.starting)], [])
 
     def _flush(self, finishes: list[_Request], starts: list[_Request]) -> None:
         now = utcnow()
         if self._postgresql:
-            started, known = self._flush_pg(finishes, starts, now)
+            started, known, ran = self._flush_pg(finishes, starts, now)
         else:
-            started, known = self._flush_sqlite(finishes, starts, now)
+            started, known, ran = self._flush_sqlite(finishes, starts, now)
         for request in finishes:
+            if request.starting and request.job_id not in ran:
+                logger.info("event=job_outcome_dropped job=%s reason='its start was refused'", request.job_id)
             request.resolve()
         self._report_retries(finishes)
         claimed: set[str] = set()
+        refused: list[str] = []
         for request in starts:
             row = started.get(request.job_id)
             if row is not None and request.job_id not in claimed:
                 claimed.add(request.job_id)  # a second copy in the same batch does not run too
                 request.resolve(Start(StartDecision.RUN, row[0], as_utc(row[1])))
-            elif request.job_id in known or row is not None:
+                continue
+            if request.running:
+                refused.append(request.job_id)
+            if request.job_id in known or row is not None:
                 request.resolve(Start(StartDecision.SKIP))
             else:
                 request.resolve(Start(StartDecision.UNKNOWN))
-        if claimed and self.on_started is not None:
+        self._refuse_starts(refused)
+        freed = Counter(request.queue for request in starts if request.job_id in claimed)
+        freed.update(request.queue for request in finishes if request.job_id in ran)
+        if freed and self.on_started is not None:
             try:
-                self.on_started(Counter(request.queue for request in starts if request.job_id in claimed))
+                self.on_started(freed)
             except Exception:
                 logger.exception("event=admission_request_failed")
+
+    def _refuse_starts(self, job_ids: list[str]) -> None:
+        """Jobs that run already had their start refused: drop their finishes, interrupt them."""
+        if not job_ids:
+            return
+        with self._lock:
+            for job_id in job_ids:
+                self._refused_starts[job_id] = None
+            while len(self._refused_starts) > MAX_REFUSED:
+                del self._refused_starts[next(iter(self._refused_starts))]
+        for job_id in job_ids:
+            logger.info("event=job_start_refused job=%s reason='cancelled or started elsewhere'", job_id)
+            if self.on_refused is not None:
+                try:
+                    self.on_refused(job_id)
+                except Exception:
+                    logger.exception("event=interrupt_failed job=%s", job_id)
 
     def _report_retries(self, finishes: Sequence[_Request]) -> None:
         due: dict[str, datetime] = {}
@@ -275,7 +347,7 @@ class LedgerWriter:
 
     def _flush_pg(
         self, finishes: Sequence[_Request], starts: Sequence[_Request], now: datetime
-    ) -> tuple[dict[str, Any], set[str]]:
+    ) -> tuple[dict[str, Any], set[str], set[str]]:
         """The whole flush as one statement: one round trip and one commit."""
         items = [request.finish for request in finishes if request.finish is not None]
         errors = [error_columns(item.error) for item in items]
@@ -291,12 +363,14 @@ class LedgerWriter:
             "error_tracebacks": [error[2] for error in errors],
             "run_ats": [item.run_at for item in items],
             "messages": [item.message for item in items],
+            "starting": [request.starting for request in finishes if request.finish is not None],
             "start_ids": [request.job_id for request in starts],
             "restart": [request.restart for request in starts],
         }
         rows = self._raw_connection().execute(FLUSH_PG, parameters, prepare=True).fetchall()
-        started = {row[0]: (row[1], row[2]) for row in rows if row[1] is not None}
-        return started, {row[0] for row in rows}
+        started = {row[0]: (row[1], row[2]) for row in rows if not row[3] and row[1] is not None}
+        known = {row[0] for row in rows if not row[3]}
+        return started, known, {row[0] for row in rows if row[3]}
 
     def _raw_connection(self) -> Any:
         """The writer's own psycopg connection (kept out of the pool for the writer's life)."""
@@ -317,13 +391,19 @@ class LedgerWriter:
 
     def _flush_sqlite(
         self, finishes: Sequence[_Request], starts: Sequence[_Request], now: datetime
-    ) -> tuple[dict[str, Any], set[str]]:
+    ) -> tuple[dict[str, Any], set[str], set[str]]:
         started: dict[str, Any] = {}
         known: set[str] = set()
+        ran: set[str] = set()
         with self.engine.begin() as connection:
             for request in finishes:
                 item = request.finish
                 assert item is not None
+                if request.starting:
+                    parameters = {"p_id": item.job_id, "p_now": now, "p_worker": self.worker_id}
+                    if connection.execute(START_ONE, parameters).first() is None:
+                        continue  # refused: the attempt leaves no trace
+                    ran.add(item.job_id)
                 connection.execute(FINISH_ONE[item.state], _finish_parameters(item, now))
             for request in starts:
                 if request.job_id in started:
@@ -336,7 +416,7 @@ class LedgerWriter:
             missing = [request.job_id for request in starts if request.job_id not in started]
             if missing:
                 known = set(connection.scalars(sa.select(jobs.c.id).where(jobs.c.id.in_(missing))))
-        return started, known
+        return started, known, ran
 
 
 def _finish_parameters(item: Finish, now: datetime) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 A watcher thread checks the ledger every ``cancel_poll_interval`` seconds for cancel
 requests among the jobs this process runs, and raises :class:`~fairlane.errors.JobCancelled`
 in the thread running each. The job then ends ``cancelled``; it is not retried.
-(A job that has not started yet is cancelled in the ledger directly and never runs.)
+(A job that has not started yet is cancelled in the ledger directly and never runs; if a
+worker took its message within the few milliseconds before it heard of the cancel, the
+ledger refuses the job's start and the job is interrupted the same way.)
 """
 
 from __future__ import annotations
@@ -78,6 +80,20 @@ class Cancellation(Middleware):
                 del self._running[thread_id]
                 raise_thread_exception(thread_id, JobCancelled)
         return len(targets)
+
+    def interrupt(self, job_id: str) -> bool:
+        """Interrupt ``job_id`` if a thread of this process runs it; returns whether one did.
+
+        For a job that started before its start was recorded and whose start the ledger then
+        refused (cancelled meanwhile, or started elsewhere): it ends without a trace in the ledger.
+        """
+        with self._lock:
+            for thread_id, running in self._running.items():
+                if running == job_id:
+                    del self._running[thread_id]
+                    raise_thread_exception(thread_id, JobCancelled)
+                    return True
+        return False
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_interval):

@@ -49,6 +49,9 @@ class WorkerServices(Middleware):
         # Prefetched urgent work runs first, whoever built the worker.
         if not isinstance(worker.work_queue, LaneWorkQueue):
             worker.work_queue = LaneWorkQueue(self._broker(broker).lane_ranks)
+        # Hear cancels before the first message arrives (jobs may then run before their start
+        # is recorded, see fairlane.middleware.tracking).
+        self.dispatcher.listen()
 
     def after_worker_boot(self, broker: Broker, worker: Any) -> None:
         fairlane_broker = self._broker(broker)

@@ -4,6 +4,16 @@ A job cancelled before it started, or already finished (a duplicate delivery), i
 without running. A message with no ledger row, or for an actor this worker doesn't know,
 is dead-lettered with the reason. Starts go through the process's ledger writer, which
 flushes them in batches and then asks the dispatcher to refill the slots they freed.
+
+**Two ways to start.** A message that says which attempt it is (its
+:mod:`~fairlane.message_headers` start hint), that RabbitMQ did not redeliver, whose job
+this process has not heard cancelled, while the process hears every cancel (a PostgreSQL
+ledger, see :mod:`fairlane.notifications`), runs at once: its start is recorded by the
+writer's next flush, or with its finish in one write. Should the ledger refuse that start
+(a cancel this process had not heard yet, or a copy already running elsewhere), the job is
+interrupted and its outcome dropped. Any other message waits for its start to be flushed,
+and runs only if the ledger says it may: redelivered messages (whose job may be running or
+finished already), messages without a hint, and every message on SQLite.
 """
 
 from __future__ import annotations
@@ -20,6 +30,8 @@ from dramatiq.middleware import Middleware, SkipMessage
 from fairlane.ledger.jobs import JobError, JobStore, StartDecision
 from fairlane.ledger.schema import CANCELLED, DEAD
 from fairlane.ledger.writer import Finish, LedgerWriter
+from fairlane.message_headers import start_hint_of
+from fairlane.notifications import CancelledJobs
 
 logger = logging.getLogger("fairlane.worker")
 
@@ -50,16 +62,24 @@ def default_worker_id() -> str:
 class Tracking(Middleware):
     """Record job starts in the ledger and refuse messages that must not run."""
 
-    def __init__(self, jobs: JobStore, writer: LedgerWriter) -> None:
+    def __init__(self, jobs: JobStore, writer: LedgerWriter, cancelled: CancelledJobs) -> None:
         self.jobs = jobs
         self.writer = writer
+        self.cancelled = cancelled
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
-        start = self.writer.start(
-            message.message_id,
-            broker.actor_queue_of(message.queue_name),  # type: ignore[attr-defined]
-            redelivered=bool(getattr(message, "redelivered", False)),
-        )
+        queue = broker.actor_queue_of(message.queue_name)  # type: ignore[attr-defined]
+        redelivered = bool(getattr(message, "redelivered", False))
+        if message.message_id in self.cancelled:
+            logger.info("event=job_skipped job=%s reason='cancelled before it started'", message.message_id)
+            raise SkipMessage("cancelled before it started")
+        hint = start_hint_of(message)
+        if hint is not None and not redelivered and self.cancelled.complete:
+            self.writer.started(message.message_id, queue)
+            setattr(message, _ATTEMPT, hint.attempt)
+            setattr(message, _RUNNABLE_SINCE, hint.runnable_since)
+            return
+        start = self.writer.start(message.message_id, queue, redelivered=redelivered)
         if start.decision is StartDecision.UNKNOWN:
             reason = f"no ledger row for job {message.message_id}"
             logger.error("event=message_dead_lettered job=%s reason=%r", message.message_id, reason)
