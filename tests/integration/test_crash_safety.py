@@ -236,6 +236,50 @@ def test_finishes_acked_but_not_flushed_when_a_worker_dies_are_reaped_and_run_ag
     assert pool.marks("done") == Counter({job_id: 2 for job_id in held})
 
 
+def test_jobs_acked_before_their_start_was_flushed_are_published_again_when_a_worker_dies(
+    pool: Pool,
+) -> None:
+    # Given short jobs waiting in RabbitMQ, and a transaction holding their rows, so that a
+    # worker runs them (it does not wait for their starts) but can't flush their starts and finishes
+    ids = pool.send_short(THREADS)
+    assert {row.state for row in pool.rows(ids).values()} == {DISPATCHED}
+    with pool.app.engine.connect() as locker:
+        locker.execute(sa.select(jobs.c.id).where(jobs.c.id.in_(ids)).with_for_update()).all()
+
+        # When a worker runs them all and acks their messages
+        first = pool.spawn(threads=THREADS)
+        eventually(lambda: len(pool.marks("done")) == THREADS, STARTUP, "jobs done")
+        eventually(lambda: _blocked_flushes(pool.app) != [], message="the writer's flush waiting")
+        eventually(lambda: pool.unacked() == 0, message="messages acked")
+
+        # And is killed with SIGKILL before the flush gets through
+        os.killpg(first.pid, signal.SIGKILL)
+        assert first.wait(timeout=10) == -signal.SIGKILL
+        with pool.app.engine.connect() as admin:
+            for pid in _blocked_flushes(pool.app):
+                admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        locker.rollback()
+
+    # Then the ledger still says the jobs are dispatched, no attempt counted, and RabbitMQ holds none
+    assert {(row.state, row.attempts) for row in pool.rows(ids).values()} == {(DISPATCHED, 0)}
+    assert lane_depth(pool.app, pool.queue) == 0
+
+    # When a new worker starts and the reaper runs until every job has succeeded
+    second = pool.spawn(threads=THREADS)
+    republished: list[str] = []
+    deadline = time.monotonic() + 60
+    while pool.states()[SUCCEEDED] < THREADS:
+        assert time.monotonic() < deadline, f"jobs not all succeeded: {pool.states()}"
+        republished += [job_id for job_id in run_reaper(pool.app).republished if job_id in ids]
+        time.sleep(0.2)
+
+    # Then each was published again once and ran again on the new worker, as attempt 1 (the lost
+    # run left no trace in the ledger): nothing was lost
+    assert sorted(republished) == sorted(ids)
+    assert {(row.state, row.attempts) for row in pool.rows(ids).values()} == {(SUCCEEDED, 1)}
+    assert {(pool.markers / f"{job_id}.1.done").read_text() for job_id in ids} == {str(second.pid)}
+
+
 def test_sigterm_records_every_finished_job_before_the_worker_exits(pool: Pool) -> None:
     # Given a worker with 8 threads working through 400 short jobs
     worker = pool.spawn(threads=THREADS)
