@@ -362,7 +362,7 @@ def run_ingress(modules: Sequence[str]) -> int:
     import_actor_modules(modules)
     ingress = Ingress(app)
     stop = threading.Event()
-    stop_on_signals(stop)
+    stop_on_signals(stop, logger)
     try:
         ingress.run(stop)
     finally:

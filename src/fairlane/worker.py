@@ -99,11 +99,11 @@ def running_worker(app: App, threads: int, shutdown_timeout: float = 600.0) -> I
         yield worker
 
 
-def stop_on_signals(stop: threading.Event) -> None:
-    """Set ``stop`` on SIGTERM or SIGINT (in this process's main thread), logging the signal."""
+def stop_on_signals(stop: threading.Event, log: logging.Logger = logger) -> None:
+    """Set ``stop`` on SIGTERM or SIGINT (in this process's main thread), logging the signal to ``log``."""
 
     def _request_stop(signum: int, _frame: FrameType | None) -> None:
-        logger.info("event=shutdown_requested signal=%s", signal.Signals(signum).name)
+        log.info("event=shutdown_requested signal=%s", signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGTERM, _request_stop)

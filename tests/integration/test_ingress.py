@@ -266,6 +266,18 @@ def test_invalid_message_is_dead_lettered_with_its_reason_and_nothing_is_stored(
     assert all(lane_depth(app, queue, lane) == 0 for lane in app.settings.lanes)
 
 
+@pytest.mark.parametrize("mapped", ["bad tenant", ""])
+def test_tenant_map_with_an_invalid_tenant_stops_the_ingress_at_start(
+    make_app: Callable[..., App], mapped: str
+) -> None:
+    # Given a tenant map whose tenant id send() would refuse
+    app = make_app(ingress_tenants={USER: mapped})
+
+    # When an ingress is built, then it refuses to start and names the setting and the user
+    with pytest.raises(fairlane.SettingsError, match="FAIRLANE_INGRESS_TENANTS: RabbitMQ user 'guest'"):
+        Ingress(app)
+
+
 def test_crash_between_commit_and_ack_does_not_create_a_second_job(
     ingress_app: App, export_catalog: Any, queue: str, tenant: str, broker_url: str
 ) -> None:
