@@ -36,6 +36,7 @@ from fairlane.ingress import (
     Ingress,
     ingress_job_id,
 )
+from fairlane.ledger.actors import CatalogEntry
 from fairlane.worker import running_worker
 
 from .support import eventually, lane_depth
@@ -181,6 +182,30 @@ def test_body_tenant_equal_to_the_mapped_one_and_a_delay_are_accepted(
     assert (job.state, job.idempotency_key) == ("pending", "k1")
     assert job.next_run_at is not None and job.enqueued_at is not None
     assert (job.next_run_at - job.enqueued_at).total_seconds() >= 59
+
+
+def test_actor_declared_only_by_a_worker_elsewhere_is_validated_against_the_catalog(
+    ingress_app: App, queue: str, tenant: str, broker_url: str
+) -> None:
+    # Given an actor another service's worker declared (this process does not declare it)
+    def resize(image: str, width: int = 100) -> None:
+        pass
+
+    name = f"resize_{uuid.uuid4().hex[:8]}"
+    ingress_app.broker.catalog.publish([CatalogEntry.describe(name, queue, resize, {})], "images-host:1")
+
+    with _running(Ingress(ingress_app)):
+        # When one message fits its signature and one does not
+        fits = _publish(broker_url, {"actor": name, "args": ["a.png"], "kwargs": {"width": 5}})
+        _publish(broker_url, {"actor": name, "kwargs": {"height": 5}})
+        eventually(lambda: _depth(broker_url, INGRESS_DEAD_LETTER_QUEUE) == 1, message="misfit dead-lettered")
+        eventually(lambda: fairlane.jobs.list(tenant=tenant) != [], message="fitting job stored")
+
+    # Then the fitting one is a job on the declared actor's queue, and the other was refused
+    [job] = fairlane.jobs.list(tenant=tenant)
+    assert (job.id, job.queue) == (ingress_job_id(tenant, fits), queue)
+    [(_body, dead_properties)] = _dead_letters(broker_url)
+    assert "do not fit" in dead_properties.headers[REASON_HEADER]
 
 
 BIG = {"actor": "export_catalog", "args": ["y" * 300_000]}
