@@ -346,13 +346,16 @@ def test_same_message_id_published_twice_is_one_job_but_other_tenants_ids_do_not
     assert ingress_job_id("someone-else", message_id) != ingress_job_id(tenant, message_id)
 
 
-class _SwitchableProxy:
-    """A TCP proxy to PostgreSQL that the test can cut (dropping every connection) and restore."""
+class _PostgresOutage:
+    """A TCP proxy to the PostgreSQL ledger that the test can cut (dropping every connection)."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
+    def __init__(self, ledger_url: str) -> None:
+        server = urlsplit(ledger_url)
+        self.target = (server.hostname or "127.0.0.1", server.port or 5432)
         self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
+        port = self.listener.getsockname()[1]
+        #: The ledger URL through the proxy.
+        self.url = ledger_url.replace(f"{server.hostname}:{server.port}", f"127.0.0.1:{port}")
         self.up = threading.Event()
         self.up.set()
         self._sockets: list[socket.socket] = []
@@ -383,7 +386,7 @@ class _SwitchableProxy:
             with contextlib.suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
 
-    def cut(self) -> None:
+    def cut(self, _app: App) -> None:
         """Refuse new connections and drop the open ones: the database is gone."""
         self.up.clear()
         with self._lock:
@@ -396,8 +399,30 @@ class _SwitchableProxy:
         self.up.set()
 
     def close(self) -> None:
-        self.cut()
+        self.up.clear()
         self.listener.close()
+
+
+class _SqliteOutage:
+    """The SQLite ledger's directory, which the test can take away as if its volume were unmounted."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.volume = tmp_path / "volume"
+        self.away = tmp_path / "volume.away"
+        #: The ledger URL, a file on the volume.
+        self.url = f"sqlite:///{self.volume / 'ledger.db'}"
+
+    def cut(self, app: App) -> None:
+        """Close the pooled connections and take the directory away: no connection can open."""
+        app.engine.dispose()
+        self.volume.rename(self.away)
+
+    def restore(self) -> None:
+        self.away.rename(self.volume)
+
+    def close(self) -> None:
+        if self.away.exists():
+            self.restore()
 
 
 def test_ledger_outage_leaves_the_message_in_rabbitmq_until_the_ledger_is_back(
@@ -406,38 +431,37 @@ def test_ledger_outage_leaves_the_message_in_rabbitmq_until_the_ledger_is_back(
     tenant: str,
     queue: str,
     broker_url: str,
+    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    if ledger_url.startswith("sqlite"):
-        pytest.skip("an embedded SQLite file has no network to lose (a lock waits busy_timeout, 30 s)")
-    # Given an ingress whose PostgreSQL ledger is reached through a proxy the test controls
-    server = urlsplit(ledger_url)
-    proxy = _SwitchableProxy((server.hostname or "127.0.0.1", server.port or 5432))
-    proxied = ledger_url.replace(f"{server.hostname}:{server.port}", f"127.0.0.1:{proxy.port}")
-    app = _ingress_app(make_app, broker_url, {USER: tenant}, database_url=proxied)
+    # Given an ingress whose ledger the test can take away: PostgreSQL behind a proxy it controls,
+    # or SQLite on a directory it can remove
+    outage = _SqliteOutage(tmp_path) if ledger_url.startswith("sqlite") else _PostgresOutage(ledger_url)
+    app = _ingress_app(make_app, broker_url, {USER: tenant}, database_url=outage.url)
     _declare_export_catalog(queue)
     ingress = Ingress(app)
     try:
         # When the ledger goes away and a valid message arrives
-        proxy.cut()
+        outage.cut(app)
         caplog.set_level("WARNING", logger="fairlane.ingress")
         with _running(ingress):
             message_id = _publish(broker_url, {"actor": "export_catalog", "args": [1]})
             eventually(lambda: "event=ingress_ledger_unavailable" in caplog.text, message="accept failed")
 
-        # Then the stopped ingress left the message in RabbitMQ, not dead-lettered, and no job exists
+        # Then the stopped ingress left the message in RabbitMQ, not dead-lettered
         assert _depth(broker_url, INGRESS_QUEUE) == 1
         assert _depth(broker_url, INGRESS_DEAD_LETTER_QUEUE) == 0
 
-        # And once the ledger is back, the message becomes its job
-        proxy.restore()
+        # And once the ledger is back, the message becomes its job, once
+        outage.restore()
+        assert fairlane.jobs.list(tenant=tenant) == []
         with _running(ingress):
             eventually(lambda: _depth(broker_url, INGRESS_QUEUE) == 0, message="message taken")
             eventually(lambda: fairlane.jobs.list(tenant=tenant) != [], message="job stored")
         assert [job.id for job in fairlane.jobs.list(tenant=tenant)] == [ingress_job_id(tenant, message_id)]
         assert _depth(broker_url, INGRESS_DEAD_LETTER_QUEUE) == 0
     finally:
-        proxy.close()
+        outage.close()
 
 
 @pytest.fixture
