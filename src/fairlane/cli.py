@@ -1,4 +1,4 @@
-"""The ``fairlane`` command: worker, scheduler, jobs, tenants, dead letters and the demo."""
+"""The ``fairlane`` command: worker, ingress, scheduler, jobs, tenants, dead letters and the demo."""
 
 from __future__ import annotations
 
@@ -46,6 +46,15 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     if args.processes == 1:
         return run_process(args.modules, args.threads, args.shutdown_timeout)
     return run_processes(args.modules, args.processes, args.threads, args.shutdown_timeout)
+
+
+# -- ingress --------------------------------------------------------------------------------------------
+
+
+def _cmd_ingress(args: argparse.Namespace) -> int:
+    from fairlane.ingress import run_ingress
+
+    return run_ingress(args.modules)
 
 
 # -- migrate --------------------------------------------------------------------------------------------
@@ -302,6 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--threads", "-t", type=int, default=8, choices=range(1, 257), metavar="M")
     worker.add_argument("--shutdown-timeout", type=float, default=600.0, help="seconds to let jobs finish")
     worker.set_defaults(handler=_cmd_worker)
+
+    ingress = commands.add_parser(
+        "ingress", help="turn jobs published to the fairlane.ingress exchange into jobs"
+    )
+    ingress.add_argument(
+        "modules", nargs="*", metavar="MODULE", help="modules declaring actors to validate against"
+    )
+    ingress.set_defaults(handler=_cmd_ingress)
 
     migrate = commands.add_parser(
         "migrate", help="bring the ledger schema to the newest revision and exit (run once per release)"

@@ -124,6 +124,15 @@ class Settings(BaseSettings):
     not public, e.g. ``10.20.0.0/16``. By default it refuses loopback, private, link-local
     (cloud metadata), shared, multicast and reserved addresses."""
 
+    # -- AMQP ingress (``fairlane ingress``) --------------------------------------------------------------
+    ingress_tenants: dict[str, str] = {}
+    """Which tenant each RabbitMQ user publishes for on the ingress (JSON), e.g.
+    ``{"svc-billing": "billing"}``. A message's ``user_id`` property (which RabbitMQ checks equals
+    the publishing connection's user) picks the tenant; a message from a user not listed here
+    is refused."""
+    ingress_max_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    """Largest ingress message body accepted; a larger one is dead-lettered unread."""
+
     # -- scheduler, health and metrics ----------------------------------------------------------------
     retention_succeeded_days: float = Field(default=30, gt=0)
     retention_dead_days: float = Field(default=90, gt=0)

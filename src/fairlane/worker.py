@@ -99,9 +99,11 @@ def running_worker(app: App, threads: int, shutdown_timeout: float = 600.0) -> I
         yield worker
 
 
-def _on_stop_signal(stop: threading.Event) -> None:
+def stop_on_signals(stop: threading.Event, log: logging.Logger = logger) -> None:
+    """Set ``stop`` on SIGTERM or SIGINT (in this process's main thread), logging the signal to ``log``."""
+
     def _request_stop(signum: int, _frame: FrameType | None) -> None:
-        logger.info("event=shutdown_requested signal=%s", signal.Signals(signum).name)
+        log.info("event=shutdown_requested signal=%s", signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGTERM, _request_stop)
@@ -128,7 +130,7 @@ def run_process(
         prepare_multiprocess_dir(settings.metrics_dir)
     import_actor_modules(modules)
     stop = threading.Event()
-    _on_stop_signal(stop)
+    stop_on_signals(stop)
     status_file = _status_file(status_dir, os.getpid()) if status_dir is not None else None
     with _worker_with_heartbeat(app, threads, shutdown_timeout, status_file) as (_worker, heartbeat):
         servers: list[MetricsServer | HealthServer | None] = []
