@@ -39,9 +39,11 @@ from dramatiq.middleware import Middleware
 from fairlane.dispatch import Dispatcher
 from fairlane.errors import InvalidJob
 from fairlane.ledger.actors import ActorCatalog, CatalogEntry
-from fairlane.ledger.admission import Admission, AdmittedJob, NewJob
+from fairlane.ledger.admission import Accepted, Admission, AdmittedJob, NewJob
 from fairlane.ledger.database import utcnow
 from fairlane.ledger.jobs import JobError, JobStore
+from fairlane.ledger.lost_sends import SendGuard
+from fairlane.ledger.schema import DISPATCHED
 from fairlane.middleware.context import running_tenant
 from fairlane.observability.catalog import JOBS_ENQUEUED
 from fairlane.settings import Settings
@@ -78,6 +80,8 @@ class FairlaneBroker(RabbitmqBroker):
         self.admission = admission
         self.jobs = jobs
         self.catalog = ActorCatalog(admission.engine)
+        #: Settles or explains a send whose ledger connection fails (see fairlane.ledger.lost_sends).
+        self.send_guard = SendGuard(admission.engine)
         self.dispatcher = Dispatcher(admission, settings, self.publish_batch)
 
     @property
@@ -236,9 +240,16 @@ class FairlaneBroker(RabbitmqBroker):
 
         Raises:
           InvalidJob: the message cannot be accepted; nothing was stored.
+          LedgerUnavailable: the ledger could not be reached; it says whether the job was stored.
         """
-        job, stored = self._prepare(message, delay)
-        accepted = self.admission.accept(job, self.dispatcher.budget(job.queue))
+        with self.send_guard.nothing_written([message.message_id]):
+            job, stored = self._prepare(message, delay)
+            budget = self.dispatcher.budget(job.queue)
+        accepted = self.send_guard.write(
+            [job.id],
+            lambda: self.admission.accept(job, budget),
+            lambda states: Accepted(job.id, created=True, dispatched=states[job.id] == DISPATCHED),
+        )
         if accepted.created:
             JOBS_ENQUEUED.labels(queue=job.queue, actor=job.actor, lane=job.lane).inc()
             if accepted.dispatched:
@@ -277,17 +288,28 @@ class FairlaneBroker(RabbitmqBroker):
 
         All or nothing: if any message is invalid, :class:`InvalidJob` names it and none is stored.
         Idempotency keys and delays are not supported here; use :meth:`enqueue` for those.
+        If the ledger fails, :class:`~fairlane.ledger.lost_sends.LedgerUnavailable` names the
+        jobs stored (earlier chunks) and not stored.
         """
         prepared = []
+        ids = [message.message_id for message in messages]
         for index, message in enumerate(messages):
             if message.options.get("idempotency_key") is not None:
                 raise InvalidJob(f"message {index}: idempotency keys need enqueue(), not enqueue_many()")
             try:
-                prepared.append(self._prepare(message, None))
+                with self.send_guard.nothing_written(ids):
+                    prepared.append(self._prepare(message, None))
             except InvalidJob as error:
                 raise InvalidJob(f"message {index}: {error}") from None
         for start in range(0, len(prepared), 1000):
-            self.admission.accept_many([job for job, _ in prepared[start : start + 1000]])
+            chunk = [job for job, _ in prepared[start : start + 1000]]
+            self.send_guard.write(
+                ids[start : start + 1000],
+                functools.partial(self.admission.accept_many, chunk),
+                lambda _states: None,
+                stored_before=ids[:start],
+                sent_after=ids[start + 1000 :],
+            )
         counts = Counter((job.queue, job.actor, job.lane) for job, _ in prepared)
         for (queue, actor, lane), count in counts.items():
             JOBS_ENQUEUED.labels(queue=queue, actor=actor, lane=lane).inc(count)

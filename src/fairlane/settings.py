@@ -13,11 +13,13 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from fairlane.fairlane_error import FairlaneError
+
 ENV_PREFIX = "FAIRLANE_"
 _DEFAULT_LANE_SHARES = {"high": 0.10, "normal": 0.10, "low": 0.05}
 
 
-class SettingsError(ValueError):
+class SettingsError(FairlaneError, ValueError):
     """Raised when a ``FAIRLANE_*`` variable holds an invalid value."""
 
 
