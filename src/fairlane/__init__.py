@@ -17,6 +17,7 @@ from fairlane.app import App, configure, get_app
 from fairlane.broker import FairlaneBroker
 from fairlane.errors import (
     FairlaneError,
+    InvalidActor,
     InvalidJob,
     JobCancelled,
     JobNotFound,
@@ -45,6 +46,7 @@ __all__ = [
     "CurrentJob",
     "FairlaneBroker",
     "FairlaneError",
+    "InvalidActor",
     "InvalidJob",
     "Job",
     "JobCancelled",

@@ -37,7 +37,7 @@ from dramatiq.message import Message, get_encoder
 from dramatiq.middleware import Middleware
 
 from fairlane.dispatch import Dispatcher
-from fairlane.errors import InvalidJob
+from fairlane.errors import InvalidActor, InvalidJob
 from fairlane.ledger.actors import ActorCatalog, CatalogEntry
 from fairlane.ledger.admission import Accepted, Admission, AdmittedJob, NewJob
 from fairlane.ledger.database import utcnow
@@ -46,7 +46,7 @@ from fairlane.ledger.lost_sends import SendGuard
 from fairlane.ledger.schema import DISPATCHED
 from fairlane.middleware.context import running_tenant
 from fairlane.observability.catalog import JOBS_ENQUEUED
-from fairlane.settings import Settings
+from fairlane.settings import Settings, time_limit_problem
 from fairlane.validation import check_idempotency_key, check_tenant
 
 logger = logging.getLogger("fairlane.broker")
@@ -105,6 +105,15 @@ class FairlaneBroker(RabbitmqBroker):
         if head and (tail in self.lane_ranks or tail in ("DQ", "XQ")):
             return head
         return queue_name
+
+    def declare_actor(self, actor: Any) -> None:
+        """Declare an actor, refusing a ``time_limit`` RabbitMQ's consumer timeout would cut short
+        (it would deliver the job again while it runs; see ``Settings.consumer_timeout``)."""
+        time_limit = actor.options.get("time_limit")
+        problem = None if time_limit is None else time_limit_problem(time_limit, self.settings)
+        if problem is not None:
+            raise InvalidActor(f"actor {actor.actor_name}: {problem}")
+        super().declare_actor(actor)
 
     def declare_queue(self, queue_name: str, *, ensure: bool = False) -> None:
         """Declare an actor queue (or, given a lane queue's name, the actor queue it belongs to).
@@ -439,6 +448,8 @@ class FairlaneBroker(RabbitmqBroker):
         if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int) or delay < 0):
             raise InvalidJob(f"delay must be a non-negative number of milliseconds, not {delay!r}")
         _check_signature(actor, message)
+        if "time_limit" in options and (problem := time_limit_problem(options["time_limit"], self.settings)):
+            raise InvalidJob(problem)
         rate_key, rate_tokens = self._rate_limit_of(actor, message)
         options.update(tenant=tenant, priority=lane, cost=cost)
         if rate_key is not None:

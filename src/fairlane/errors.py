@@ -19,6 +19,10 @@ class InvalidJob(FairlaneError, ValueError):
     """A job was refused at send time (bad tenant, priority, arguments, size…); nothing was stored."""
 
 
+class InvalidActor(FairlaneError, ValueError):
+    """An actor was refused at declaration (e.g. a time limit RabbitMQ's consumer timeout would cut short)."""
+
+
 class JobCancelled(Interrupt):
     """Raised inside a running job's thread when the job is cancelled."""
 
@@ -29,6 +33,7 @@ class JobTimeout(FairlaneError, TimeoutError):
 
 __all__ = [
     "FairlaneError",
+    "InvalidActor",
     "InvalidJob",
     "JobCancelled",
     "JobNotFound",
