@@ -26,7 +26,6 @@ import pika
 import pika.exceptions
 from dramatiq.brokers.rabbitmq import (
     MAX_DECLARE_ATTEMPTS,
-    RabbitmqBroker,
     _RabbitmqConsumer,
     _RabbitmqMessage,
 )
@@ -46,6 +45,7 @@ from fairlane.ledger.lost_sends import SendGuard
 from fairlane.ledger.schema import DISPATCHED
 from fairlane.middleware.context import running_tenant
 from fairlane.observability.catalog import JOBS_ENQUEUED
+from fairlane.publisher_connections import FreshConnectionBroker
 from fairlane.settings import Settings, time_limit_problem
 from fairlane.validation import check_idempotency_key, check_tenant
 
@@ -62,8 +62,9 @@ def dead_letter_queue_name(queue: str) -> str:
     return f"{queue}.XQ"
 
 
-class FairlaneBroker(RabbitmqBroker):
-    """A Dramatiq RabbitMQ broker whose ``enqueue`` admits jobs through the ledger."""
+class FairlaneBroker(FreshConnectionBroker):
+    """A Dramatiq RabbitMQ broker whose ``enqueue`` admits jobs through the ledger (and whose
+    idle publishing connections are replaced before use: see :mod:`fairlane.publisher_connections`)."""
 
     def __init__(
         self, settings: Settings, admission: Admission, jobs: JobStore, middleware: list[Middleware]
