@@ -147,3 +147,25 @@ def test_send_many_while_the_ledger_is_down_raises_and_stores_nothing(
     assert raised.value.stored == raised.value.unknown == ()
     proxy.restore()
     assert not any(_stored(app, job_id) for job_id in raised.value.not_stored)
+
+
+def test_send_many_that_loses_the_ledger_midway_names_the_jobs_it_stored(
+    app: App, proxy: TcpProxy, export: Any
+) -> None:
+    # Given a batch of 1,500 (two ledger transactions of 1,000 and 500), and a ledger that goes
+    # away while the second transaction is being written
+    marker = _marker()
+    arguments = [(_marker(),) for _ in range(1000)] + [(marker,)] + [(_marker(),) for _ in range(499)]
+    proxy.lose_reply_to(marker.encode(), then_cut=True)
+
+    # When the batch is sent
+    with pytest.raises(fairlane.LedgerUnavailable, match=r"1000 jobs .* were stored and will run") as raised:
+        export.send_many(arguments)
+
+    # Then the error names the first transaction's jobs as stored, and the second's as unknown
+    error = raised.value
+    assert (len(error.stored), len(error.unknown), error.not_stored) == (1000, 500, ())
+    # And it is right about the stored ones: all of them are in the ledger
+    proxy.restore()
+    stored = {job.id for job in fairlane.jobs.list(queue=export.queue_name, limit=1000)}
+    assert stored == set(error.stored)

@@ -34,6 +34,8 @@ logger = logging.getLogger("fairlane.ledger")
 
 T = TypeVar("T")
 
+#: Attribute set on an error raised while opening a connection (see ``_mark_connect_failure``).
+_WHILE_CONNECTING = "fairlane_while_connecting"
 #: Lookups tried after a failed write: a stale pooled connection fails the first, and SQLAlchemy
 #: then replaces the pool's connections, so the second runs on a fresh one.
 _LOOKUP_ATTEMPTS = 2
@@ -88,6 +90,8 @@ class SendGuard:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        if not sa.event.contains(engine, "handle_error", _mark_connect_failure):
+            sa.event.listen(engine, "handle_error", _mark_connect_failure)
         dbapi = engine.dialect.loaded_dbapi
         #: Errors that mean the ledger could not be reached or failed the write (not a bad row).
         self.errors: tuple[type[BaseException], ...] = (
@@ -171,9 +175,17 @@ class SendGuard:
         return None
 
 
+def _mark_connect_failure(context: sa.engine.ExceptionContext) -> None:
+    """Mark an error raised while a connection was being opened (SQLAlchemy's ``handle_error``
+    has no connection then): no statement of that connection reached the ledger. A failed
+    COMMIT or ROLLBACK, which has no statement either, is not marked."""
+    if context.connection is None and context.sqlalchemy_exception is not None:
+        setattr(context.sqlalchemy_exception, _WHILE_CONNECTING, True)
+
+
 def _before_sending(error: BaseException) -> bool:
     """Whether ``error`` came from opening a connection, so no statement reached the ledger."""
-    return isinstance(error, sa.exc.DBAPIError) and error.statement is None
+    return bool(getattr(error, _WHILE_CONNECTING, False))
 
 
 def _cause(error: BaseException) -> str:

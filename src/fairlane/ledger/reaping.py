@@ -143,7 +143,7 @@ class SchedulerQueries:
         heartbeat_timeout: float,
         limit: int,
         now: datetime | None = None,
-        may_retry: Callable[[str, str, int], bool] | None = None,
+        may_retry: Callable[[str, str, int, str | None], bool] | None = None,
     ) -> list[ReapedJob]:
         """Return running jobs whose worker's heartbeat is stale to the backlog.
 
@@ -151,7 +151,7 @@ class SchedulerQueries:
         worker has no heartbeat that recent (or no row at all). It becomes ``pending`` and
         runnable now; the attempt it used stays counted (``start`` counted it). A job whose
         cancel was requested is ``cancelled`` instead, and one ``may_retry(actor, message,
-        attempts)`` says has no retries left is ``dead`` with ``WorkerLost`` (see
+        attempts, worker_id)`` says has no retries left is ``dead`` with ``WorkerLost`` (see
         :mod:`fairlane.ledger.lost_workers`). Running jobs hold no dispatch budget, so the
         queue's budget is untouched.
         """
@@ -184,7 +184,9 @@ class SchedulerQueries:
                 if row.cancel_requested:
                     transition = transitions.REAP_CANCELLED
                     values = {"finished_at": moment, "worker_id": None}
-                elif may_retry is not None and not may_retry(row.actor, row.message, row.attempts):
+                elif may_retry is not None and not may_retry(
+                    row.actor, row.message, row.attempts, row.worker_id
+                ):
                     transition = transitions.FAIL
                     error_type, message, traceback = error_columns(
                         worker_lost_error(row.worker_id, row.attempts)

@@ -7,6 +7,9 @@ the job simply runs again (its start counts the new attempt); without, it is mar
 with ``WorkerLost`` and its message is dead-lettered instead of taking down another worker.
 
 Only redelivered messages are looked at (one extra read each): a first delivery costs nothing.
+A worker whose RabbitMQ connection broke while it lives on cannot be told apart here from a
+dead one: as before, its job may run again beside it (at-least-once), and on its last attempt
+the job is marked dead, so the live worker's finish no longer applies.
 It must run before :class:`~fairlane.middleware.tracking.Tracking`, whose start would
 restart the job.
 """

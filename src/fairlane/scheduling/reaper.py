@@ -30,7 +30,7 @@ from dramatiq.errors import ActorNotFound, ConnectionClosed
 from fairlane.app import App
 from fairlane.ledger.admission import AdmittedJob
 from fairlane.ledger.database import utcnow
-from fairlane.ledger.lost_workers import retries_left
+from fairlane.ledger.lost_workers import WorkerLost, retries_left
 from fairlane.ledger.reaping import ReapedJob, SchedulerQueries, StaleDispatch
 from fairlane.ledger.schema import DEAD, PENDING
 
@@ -93,10 +93,10 @@ def run_reaper(app: App, now: datetime | None = None) -> ReaperReport:
     return report
 
 
-def _may_retry(app: App, actor_name: str, message: str, attempts: int) -> bool:
-    """Whether a job whose attempt ``attempts`` died with its worker has retries left: its
-    message's ``max_retries``, else its actor's (declared here or in the actor catalog), else the
-    default. An actor with ``retry_when`` (code the catalog cannot hold) is left to its worker."""
+def _may_retry(app: App, actor_name: str, message: str, attempts: int, worker_id: str | None) -> bool:
+    """Whether a job whose attempt ``attempts`` died with its worker has retries left, as a
+    failure would: its actor's ``retry_when`` if the actor is declared here, else its message's
+    ``max_retries``, its actor's (declared here or in the actor catalog) or the default."""
     options: dict[str, Any] = {}
     try:
         options = dict(app.broker.get_actor(actor_name).options)
@@ -106,8 +106,9 @@ def _may_retry(app: App, actor_name: str, message: str, attempts: int) -> bool:
             options = dict(entry.options)
     with contextlib.suppress(ValueError, AttributeError):  # unreadable: its actor's options decide
         options.update(json.loads(message).get("options") or {})
-    if "retry_when" in options:
-        return True
+    retry_when = options.get("retry_when")
+    if callable(retry_when):
+        return bool(retry_when(attempts - 1, WorkerLost(f"worker {worker_id} died")))
     return retries_left(attempts, options.get("max_retries", app.settings.max_retries))
 
 
