@@ -303,14 +303,14 @@ class FairlaneBroker(FreshConnectionBroker):
         """
         prepared = []
         ids = [message.message_id for message in messages]
-        for index, message in enumerate(messages):
-            if message.options.get("idempotency_key") is not None:
-                raise InvalidJob(f"message {index}: idempotency keys need enqueue(), not enqueue_many()")
-            try:
-                with self.send_guard.nothing_written(ids):
+        with self.send_guard.nothing_written(ids):
+            for index, message in enumerate(messages):
+                if message.options.get("idempotency_key") is not None:
+                    raise InvalidJob(f"message {index}: idempotency keys need enqueue(), not enqueue_many()")
+                try:
                     prepared.append(self._prepare(message, None))
-            except InvalidJob as error:
-                raise InvalidJob(f"message {index}: {error}") from None
+                except InvalidJob as error:
+                    raise InvalidJob(f"message {index}: {error}") from None
         for start in range(0, len(prepared), 1000):
             chunk = [job for job, _ in prepared[start : start + 1000]]
             self.send_guard.write(
@@ -449,7 +449,8 @@ class FairlaneBroker(FreshConnectionBroker):
         if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int) or delay < 0):
             raise InvalidJob(f"delay must be a non-negative number of milliseconds, not {delay!r}")
         _check_signature(actor, message)
-        if "time_limit" in options and (problem := time_limit_problem(options["time_limit"], self.settings)):
+        time_limit = options.get("time_limit")
+        if time_limit is not None and (problem := time_limit_problem(time_limit, self.settings)):
             raise InvalidJob(problem)
         rate_key, rate_tokens = self._rate_limit_of(actor, message)
         options.update(tenant=tenant, priority=lane, cost=cost)

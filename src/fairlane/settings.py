@@ -245,7 +245,7 @@ class Settings(BaseSettings):
 
 def time_limit_problem(time_limit: object, settings: Settings) -> str | None:
     """Why a job may not have ``time_limit`` (milliseconds) under ``settings``, or None if it may."""
-    if isinstance(time_limit, bool) or not isinstance(time_limit, int) or time_limit < 1:
+    if isinstance(time_limit, bool) or not isinstance(time_limit, int | float) or time_limit < 1:
         return f"time_limit must be a positive number of milliseconds, not {time_limit!r}"
     if time_limit <= settings.longest_time_limit:
         return None
