@@ -26,7 +26,8 @@ run: install services
 test: install services tools
 	$(BIN)/python -m pytest -q --ignore=tests/chaos
 
-# The chaos suite (tests/chaos/, a few minutes): worker SIGKILL and SIGTERM, scheduler leader SIGKILL.
+# The chaos suite (tests/chaos/, a few minutes): worker SIGKILL and SIGTERM, scheduler leader SIGKILL,
+# RabbitMQ and PostgreSQL unreachable for 5 s (through the suite's own TCP proxies).
 # FAIRLANE_CHAOS_SERVICES=1 adds RabbitMQ stop/start and PostgreSQL restart: only where the
 # services are this run's alone (.ci/run sets it), never on a machine others test on.
 chaos: install services

@@ -2,9 +2,12 @@
 producer sending through ``send()`` and ``send_many`` from the test process.
 
 The worker tree is ``fairlane worker --processes 2 --threads 4``; two ``fairlane scheduler``
-replicas contend for leadership. Heartbeats, the reaper and the re-publisher run on short
-intervals so a fault is recovered from within seconds. :meth:`Cluster.settle` waits for every
-accepted job to finish and returns the :class:`Tally` the suite prints and checks.
+replicas contend for leadership. Every process, the test's own included, reaches RabbitMQ and
+PostgreSQL through a TCP proxy of the test's (:class:`~tests.integration.tcp_proxy.TcpProxy`),
+so a service can be made unreachable for this deployment alone. Heartbeats, the reaper and
+the re-publisher run on short intervals so a fault is recovered from within seconds.
+:meth:`Cluster.settle` waits for every accepted job to finish and returns the :class:`Tally`
+the suite prints and checks.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
 import fairlane
 from fairlane.ledger.schema import SUCCEEDED, jobs
+from tests.integration.tcp_proxy import TcpProxy
 
 from .chaos_actors import QUEUE_VARIABLE, RUNS_VARIABLE, declare
 
@@ -108,6 +113,10 @@ class Cluster:
     """Worker and scheduler processes on one queue, and the test process's app to send with."""
 
     def __init__(self, broker_url: str, postgres_url: str, tmp_path: Path) -> None:
+        self.rabbitmq = _proxy_for(broker_url, 5672)
+        self.postgresql = _proxy_for(postgres_url, 5432)
+        broker_url = self.rabbitmq.url_for(broker_url)
+        postgres_url = self.postgresql.url_for(postgres_url)
         self.queue = f"chaos_{uuid.uuid4().hex[:10]}"
         self.runs = tmp_path / "runs"
         self.runs.mkdir()
@@ -194,6 +203,8 @@ class Cluster:
             if process.poll() is None:
                 self.kill_tree(process)
         self.app.close()
+        self.rabbitmq.close()
+        self.postgresql.close()
 
     def log_tail(self) -> str:
         tails = [
@@ -240,6 +251,11 @@ class Cluster:
         stuck = sum(1 for job in accepted if job in states and states[job] not in _FINAL)
         ran_twice = sum(1 for job in accepted if runs[job] > 1)
         return Tally(fault, len(accepted), refused, lost, stuck, ran_twice)
+
+
+def _proxy_for(url: str, default_port: int) -> TcpProxy:
+    parts = urlsplit(url)
+    return TcpProxy(parts.hostname or "127.0.0.1", parts.port or default_port)
 
 
 def wait_for(condition: Any, timeout: float, what: str) -> None:

@@ -7,9 +7,11 @@ through ``send()`` and ``send_many`` while one fault happens, recovers as Kubern
 and then checks that every accepted job succeeded and ran, none is stuck, and prints
 accepted / refused / lost / stuck / ran twice.
 
-Stopping RabbitMQ and restarting PostgreSQL disturb everything else on the machine, so those
-two faults run only with ``FAIRLANE_CHAOS_SERVICES=1`` (``.ci/run`` sets it, where the services
-are CI's alone).
+Every process reaches RabbitMQ and PostgreSQL through TCP proxies of the test's, so each service
+is also made unreachable for 5 s (all connections dropped, none accepted) for this deployment
+alone. Really stopping RabbitMQ and restarting PostgreSQL disturb everything else on the
+machine, so those two faults run only with ``FAIRLANE_CHAOS_SERVICES=1`` (``.ci/run`` sets it,
+where the services are CI's alone).
 
 Run with ``make chaos`` (``make test`` leaves this directory out).
 """
@@ -44,7 +46,6 @@ def cluster(broker_url: str, postgres_url: str, tmp_path: Path) -> Iterator[Clus
         yield deployment
     finally:
         deployment.close()
-        print(f"logs (tails):\n{deployment.log_tail()}")  # shown when the test failed
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -71,7 +72,7 @@ def _run_fault(
     _TALLIES.append(tally)
     print(f"chaos: {tally.row()} errors={dict(producer.errors)}")
     assert tally.accepted > 0
-    assert (tally.lost, tally.stuck) == (0, 0), tally
+    assert (tally.lost, tally.stuck) == (0, 0), f"{tally}\nlogs (tails):\n{cluster.log_tail()}"
     return tally
 
 
@@ -120,6 +121,31 @@ def test_scheduler_leader_killed(cluster: Cluster) -> None:
 
     # And every accepted job succeeded and ran
     _run_fault(cluster, "scheduler leader SIGKILL", fault)
+
+
+def test_rabbitmq_unreachable_for_five_seconds(cluster: Cluster) -> None:
+    # Given a busy deployment
+    def fault() -> None:
+        # When every connection to RabbitMQ drops and none can be made for 5 s
+        cluster.rabbitmq.cut()
+        time.sleep(5)
+        cluster.rabbitmq.restore()
+
+    # Then every process reconnects by itself and every accepted job succeeded and ran
+    _run_fault(cluster, "RabbitMQ unreachable 5 s", fault)
+
+
+def test_postgresql_unreachable_for_five_seconds(cluster: Cluster) -> None:
+    # Given a busy deployment
+    def fault() -> None:
+        # When every connection to PostgreSQL drops and none can be made for 5 s
+        cluster.postgresql.cut()
+        time.sleep(5)
+        cluster.postgresql.restore()
+
+    # Then sends in that time raise LedgerUnavailable (saying what was stored) or succeed, every
+    # process recovers by itself, and every accepted job succeeded and ran
+    _run_fault(cluster, "PostgreSQL unreachable 5 s", fault)
 
 
 @pytest.mark.skipif(not SERVICES, reason="stops the shared RabbitMQ: set FAIRLANE_CHAOS_SERVICES=1")
