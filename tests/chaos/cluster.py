@@ -61,6 +61,8 @@ class Tally:
     lost: int  # accepted, but missing from the ledger, not succeeded, or succeeded without running
     stuck: int  # accepted and still not finished when the settling time ran out
     ran_twice: int  # ran to the end more than once (at-least-once allows it)
+    #: The ledger rows of up to 10 lost or stuck jobs, to say what went wrong.
+    examples: list[dict[str, Any]] = dataclasses.field(default_factory=list, repr=False)
 
     def row(self) -> str:
         return (
@@ -248,9 +250,17 @@ class Cluster:
             for job in accepted
             if states.get(job) in (None, "dead", "cancelled") or (states[job] == SUCCEEDED and not runs[job])
         )
-        stuck = sum(1 for job in accepted if job in states and states[job] not in _FINAL)
+        unfinished = [job for job in accepted if job in states and states[job] not in _FINAL]
         ran_twice = sum(1 for job in accepted if runs[job] > 1)
-        return Tally(fault, len(accepted), refused, lost, stuck, ran_twice)
+        bad = unfinished + [job for job in accepted if states.get(job) in (None, "dead", "cancelled")]
+        return Tally(fault, len(accepted), refused, lost, len(unfinished), ran_twice, self._rows(bad[:10]))
+
+    def _rows(self, job_ids: list[str]) -> list[dict[str, Any]]:
+        columns = [column for column in jobs.c if column.name not in ("message", "result")]
+        with self.app.engine.connect() as connection:
+            found = connection.execute(sa.select(*columns).where(jobs.c.id.in_(job_ids))).mappings()
+            rows = {row["id"]: dict(row) for row in found}
+        return [rows.get(job_id, {"id": job_id, "state": "(no row)"}) for job_id in job_ids]
 
 
 def _proxy_for(url: str, default_port: int) -> TcpProxy:

@@ -72,7 +72,7 @@ def _run_fault(
     _TALLIES.append(tally)
     print(f"chaos: {tally.row()} errors={dict(producer.errors)}")
     assert tally.accepted > 0
-    assert (tally.lost, tally.stuck) == (0, 0), f"{tally}\nlogs (tails):\n{cluster.log_tail()}"
+    assert (tally.lost, tally.stuck) == (0, 0), f"{tally}\n{tally.examples}\nlogs:\n{cluster.log_tail()}"
     return tally
 
 

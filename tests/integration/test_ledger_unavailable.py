@@ -1,4 +1,5 @@
-"""A send whose PostgreSQL ledger is unreachable: a clear fairlane error that says whether the job was stored.
+"""A send whose PostgreSQL ledger is unreachable: a clear fairlane error that says whether the job was stored;
+and a worker's ledger writer whose connection drops just after a commit.
 
 The ledger is the test run's real PostgreSQL database, reached through a TCP proxy this test
 cuts and restores (the shared server itself is never stopped).
@@ -15,6 +16,7 @@ import pytest
 
 import fairlane
 from fairlane.app import App
+from fairlane.ledger.jobs import StartDecision
 
 from .tcp_proxy import TcpProxy
 
@@ -169,3 +171,20 @@ def test_send_many_that_loses_the_ledger_midway_names_the_jobs_it_stored(
     proxy.restore()
     stored = {job.id for job in fairlane.jobs.list(queue=export.queue_name, limit=1000)}
     assert stored == set(error.stored)
+
+
+def test_a_start_whose_commit_reply_is_lost_still_runs_its_job(
+    app: App, proxy: TcpProxy, export: Any
+) -> None:
+    # Given a waiting job, and a ledger connection that drops right after PostgreSQL has
+    # committed the worker's start of it
+    job_id = export.send(_marker()).message_id
+    proxy.lose_reply_to(job_id.encode())
+
+    # When the worker's ledger writer starts it (and retries on a new connection)
+    start = app.writer.start(job_id, export.queue_name)
+
+    # Then the job runs as its first attempt, instead of being skipped as running elsewhere
+    assert (start.decision, start.attempt) == (StartDecision.RUN, 1)
+    job = app.jobs.get(job_id)
+    assert (job.state, job.attempts) == ("running", 1)
