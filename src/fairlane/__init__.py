@@ -15,7 +15,17 @@ from fairlane import jobs, ratelimit, tenants
 from fairlane.actor import Actor, actor
 from fairlane.app import App, configure, get_app
 from fairlane.broker import FairlaneBroker
-from fairlane.errors import InvalidJob, JobCancelled, JobNotFound, JobTimeout, LedgerOutdated, SettingsError
+from fairlane.errors import (
+    FairlaneError,
+    InvalidActor,
+    InvalidJob,
+    JobCancelled,
+    JobNotFound,
+    JobTimeout,
+    LedgerOutdated,
+    LedgerUnavailable,
+    SettingsError,
+)
 from fairlane.ledger.jobs import Job, JobError
 from fairlane.middleware.context import CurrentJob, current_job, progress
 from fairlane.scheduling.cron import cron
@@ -35,6 +45,8 @@ __all__ = [
     "App",
     "CurrentJob",
     "FairlaneBroker",
+    "FairlaneError",
+    "InvalidActor",
     "InvalidJob",
     "Job",
     "JobCancelled",
@@ -42,6 +54,7 @@ __all__ = [
     "JobNotFound",
     "JobTimeout",
     "LedgerOutdated",
+    "LedgerUnavailable",
     "Settings",
     "SettingsError",
     "actor",

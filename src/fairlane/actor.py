@@ -40,6 +40,8 @@ class Actor(dramatiq.Actor[Any, R]):
 
         Raises:
           fairlane.InvalidJob: the job is refused; nothing was stored or published.
+          fairlane.LedgerUnavailable: the ledger could not be reached; it says whether the job was
+            stored (``stored`` / ``not_stored`` / ``unknown`` job ids).
         """
         for name, value in (("tenant", tenant), ("priority", priority), ("idempotency_key", idempotency_key)):
             if value is not None:
@@ -61,6 +63,8 @@ class Actor(dramatiq.Actor[Any, R]):
 
         Much faster than a loop of sends for a tenant's bulk work; fair order is the same.
         All or nothing: an invalid job raises :class:`fairlane.InvalidJob` and none is stored.
+        An unreachable ledger raises :class:`fairlane.LedgerUnavailable`, naming the jobs stored
+        (earlier chunks of 1,000) and those not stored.
         """
         for name, value in (("tenant", tenant), ("priority", priority), ("cost", cost)):
             if value is not None:

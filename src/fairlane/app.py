@@ -19,10 +19,12 @@ from fairlane.dispatch import Dispatcher
 from fairlane.ledger.admission import Admission
 from fairlane.ledger.database import create_ledger_engine, migrate, require_current_schema
 from fairlane.ledger.jobs import JobStore
+from fairlane.ledger.lost_workers import LostAttempts
 from fairlane.ledger.ratelimits import RateLimits
 from fairlane.ledger.writer import LedgerWriter
 from fairlane.middleware.cancellation import Cancellation
 from fairlane.middleware.context import JobContext
+from fairlane.middleware.lost_workers import LostWorkers
 from fairlane.middleware.metrics import Metrics
 from fairlane.middleware.ratelimit import RateLimitPauses
 from fairlane.middleware.results import Results
@@ -84,10 +86,13 @@ def build_app(settings: Settings) -> App:
     # Results, Pipelines and Callbacks see its ``retries`` options and ``message.failed``,
     # Metrics counts the outcome they settled, and all of them run while JobContext still
     # knows the job (follow-up sends keep its tenant). AgeLimit comes first, as in Dramatiq:
-    # a job too old to run is never started, and Tracking marks it dead.
+    # a job too old to run is never started, and Tracking marks it dead. LostWorkers comes
+    # before Tracking: it ends a redelivered job whose worker died on its last attempt, which
+    # Tracking's start would otherwise run again.
     middleware = [
         AgeLimit(),
         RateLimitPauses(jobs, rate_limits),
+        LostWorkers(LostAttempts(engine), settings),
         Tracking(jobs, writer, cancelled),
         Metrics(),
         JobContext(jobs),

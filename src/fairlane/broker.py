@@ -26,7 +26,6 @@ import pika
 import pika.exceptions
 from dramatiq.brokers.rabbitmq import (
     MAX_DECLARE_ATTEMPTS,
-    RabbitmqBroker,
     _RabbitmqConsumer,
     _RabbitmqMessage,
 )
@@ -37,16 +36,19 @@ from dramatiq.message import Message, get_encoder
 from dramatiq.middleware import Middleware
 
 from fairlane.dispatch import Dispatcher
-from fairlane.errors import InvalidJob
+from fairlane.errors import InvalidActor, InvalidJob
 from fairlane.ledger.actors import ActorCatalog, CatalogEntry
-from fairlane.ledger.admission import Admission, AdmittedJob, NewJob
+from fairlane.ledger.admission import Accepted, Admission, AdmittedJob, NewJob
 from fairlane.ledger.database import utcnow
 from fairlane.ledger.jobs import JobError, JobStore
+from fairlane.ledger.lost_sends import SendGuard
+from fairlane.ledger.schema import DISPATCHED
 from fairlane.message_headers import attach_start_hint, read_start_hint, start_headers
 from fairlane.middleware.context import running_tenant
 from fairlane.notifications import CancelledJobs
 from fairlane.observability.catalog import JOBS_ENQUEUED
-from fairlane.settings import Settings
+from fairlane.publisher_connections import FreshConnectionBroker
+from fairlane.settings import Settings, time_limit_problem
 from fairlane.validation import check_idempotency_key, check_tenant
 
 logger = logging.getLogger("fairlane.broker")
@@ -62,8 +64,9 @@ def dead_letter_queue_name(queue: str) -> str:
     return f"{queue}.XQ"
 
 
-class FairlaneBroker(RabbitmqBroker):
-    """A Dramatiq RabbitMQ broker whose ``enqueue`` admits jobs through the ledger."""
+class FairlaneBroker(FreshConnectionBroker):
+    """A Dramatiq RabbitMQ broker whose ``enqueue`` admits jobs through the ledger (and whose
+    idle publishing connections are replaced before use: see :mod:`fairlane.publisher_connections`)."""
 
     def __init__(
         self,
@@ -85,6 +88,8 @@ class FairlaneBroker(RabbitmqBroker):
         self.admission = admission
         self.jobs = jobs
         self.catalog = ActorCatalog(admission.engine)
+        #: Settles or explains a send whose ledger connection fails (see fairlane.ledger.lost_sends).
+        self.send_guard = SendGuard(admission.engine)
         self.dispatcher = Dispatcher(admission, settings, self.publish_batch, cancelled)
 
     @property
@@ -108,6 +113,15 @@ class FairlaneBroker(RabbitmqBroker):
         if head and (tail in self.lane_ranks or tail in ("DQ", "XQ")):
             return head
         return queue_name
+
+    def declare_actor(self, actor: Any) -> None:
+        """Declare an actor, refusing a ``time_limit`` RabbitMQ's consumer timeout would cut short
+        (it would deliver the job again while it runs; see ``Settings.consumer_timeout``)."""
+        time_limit = actor.options.get("time_limit")
+        problem = None if time_limit is None else time_limit_problem(time_limit, self.settings)
+        if problem is not None:
+            raise InvalidActor(f"actor {actor.actor_name}: {problem}")
+        super().declare_actor(actor)
 
     def declare_queue(self, queue_name: str, *, ensure: bool = False) -> None:
         """Declare an actor queue (or, given a lane queue's name, the actor queue it belongs to).
@@ -243,9 +257,16 @@ class FairlaneBroker(RabbitmqBroker):
 
         Raises:
           InvalidJob: the message cannot be accepted; nothing was stored.
+          LedgerUnavailable: the ledger could not be reached; it says whether the job was stored.
         """
-        job, stored = self._prepare(message, delay)
-        accepted = self.admission.accept(job, self.dispatcher.budget(job.queue))
+        with self.send_guard.nothing_written([message.message_id]):
+            job, stored = self._prepare(message, delay)
+            budget = self.dispatcher.budget(job.queue)
+        accepted = self.send_guard.write(
+            [job.id],
+            lambda: self.admission.accept(job, budget),
+            lambda states: Accepted(job.id, created=True, dispatched=states[job.id] == DISPATCHED),
+        )
         if accepted.created:
             JOBS_ENQUEUED.labels(queue=job.queue, actor=job.actor, lane=job.lane).inc()
             if accepted.dispatched:
@@ -283,17 +304,28 @@ class FairlaneBroker(RabbitmqBroker):
 
         All or nothing: if any message is invalid, :class:`InvalidJob` names it and none is stored.
         Idempotency keys and delays are not supported here; use :meth:`enqueue` for those.
+        If the ledger fails, :class:`~fairlane.ledger.lost_sends.LedgerUnavailable` names the
+        jobs stored (earlier chunks) and not stored.
         """
         prepared = []
-        for index, message in enumerate(messages):
-            if message.options.get("idempotency_key") is not None:
-                raise InvalidJob(f"message {index}: idempotency keys need enqueue(), not enqueue_many()")
-            try:
-                prepared.append(self._prepare(message, None))
-            except InvalidJob as error:
-                raise InvalidJob(f"message {index}: {error}") from None
+        ids = [message.message_id for message in messages]
+        with self.send_guard.nothing_written(ids):
+            for index, message in enumerate(messages):
+                if message.options.get("idempotency_key") is not None:
+                    raise InvalidJob(f"message {index}: idempotency keys need enqueue(), not enqueue_many()")
+                try:
+                    prepared.append(self._prepare(message, None))
+                except InvalidJob as error:
+                    raise InvalidJob(f"message {index}: {error}") from None
         for start in range(0, len(prepared), 1000):
-            self.admission.accept_many([job for job, _ in prepared[start : start + 1000]])
+            chunk = [job for job, _ in prepared[start : start + 1000]]
+            self.send_guard.write(
+                ids[start : start + 1000],
+                functools.partial(self.admission.accept_many, chunk),
+                lambda _states: None,
+                stored_before=ids[:start],
+                sent_after=ids[start + 1000 :],
+            )
         counts = Counter((job.queue, job.actor, job.lane) for job, _ in prepared)
         for (queue, actor, lane), count in counts.items():
             JOBS_ENQUEUED.labels(queue=queue, actor=actor, lane=lane).inc(count)
@@ -427,6 +459,9 @@ class FairlaneBroker(RabbitmqBroker):
         if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int) or delay < 0):
             raise InvalidJob(f"delay must be a non-negative number of milliseconds, not {delay!r}")
         _check_signature(actor, message)
+        time_limit = options.get("time_limit")
+        if time_limit is not None and (problem := time_limit_problem(time_limit, self.settings)):
+            raise InvalidJob(problem)
         rate_key, rate_tokens = self._rate_limit_of(actor, message)
         options.update(tenant=tenant, priority=lane, cost=cost)
         if rate_key is not None:

@@ -13,11 +13,13 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from fairlane.fairlane_error import FairlaneError
+
 ENV_PREFIX = "FAIRLANE_"
 _DEFAULT_LANE_SHARES = {"high": 0.10, "normal": 0.10, "low": 0.05}
 
 
-class SettingsError(ValueError):
+class SettingsError(FairlaneError, ValueError):
     """Raised when a ``FAIRLANE_*`` variable holds an invalid value."""
 
 
@@ -89,6 +91,15 @@ class Settings(BaseSettings):
     """Upper bound, in milliseconds, of any single retry wait."""
     time_limit: int = Field(default=600_000, ge=1)
     """Default time limit of a job, in milliseconds."""
+    consumer_timeout: int = Field(default=1_800_000, ge=1)
+    """RabbitMQ's ``consumer_timeout`` in milliseconds (its default, 30 minutes; set this to the
+    broker's value). RabbitMQ closes the channel of a consumer that holds a message longer, and
+    the job is delivered again while it still runs. A message is held from its delivery, and
+    may wait behind up to ``prefetch_per_thread - 1`` jobs before it runs, so a time limit (this
+    default, an actor's or a message's) above ``consumer_timeout / prefetch_per_thread`` is
+    refused. RabbitMQ before 3.11.15 (3.10 is supported) has no per-queue ``x-consumer-timeout``;
+    and changing an existing lane queue's arguments would fail (406 PRECONDITION_FAILED), so for
+    longer jobs raise the broker's own ``consumer_timeout`` and this setting together."""
 
     max_payload_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
     """Largest encoded message (arguments and options) accepted at send time."""
@@ -200,6 +211,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "max_priority: RabbitMQ priority queues are classic queues; unset it or use classic"
             )
+        if self.time_limit > self.longest_time_limit:
+            raise ValueError(time_limit_problem(self.time_limit, self))
         if self.min_backoff > self.max_backoff:
             raise ValueError("min_backoff: must not exceed max_backoff")
         unknown = set(self.lane_min_shares or {}) - set(self.lanes)
@@ -211,6 +224,12 @@ class Settings(BaseSettings):
         if any(cap < 1 for cap in self.queue_tenant_caps.values()):
             raise ValueError("queue_tenant_caps: caps must be at least 1")
         return self
+
+    @property
+    def longest_time_limit(self) -> int:
+        """The longest time limit (ms) a job may have: RabbitMQ's consumer timeout must not end
+        while its message waits behind others or runs (see ``consumer_timeout``)."""
+        return self.consumer_timeout // self.prefetch_per_thread
 
     @property
     def min_shares(self) -> dict[str, float]:
@@ -231,6 +250,21 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         """True when the ledger is the embedded SQLite database."""
         return self.database_url.startswith("sqlite:")
+
+
+def time_limit_problem(time_limit: object, settings: Settings) -> str | None:
+    """Why a job may not have ``time_limit`` (milliseconds) under ``settings``, or None if it may."""
+    if isinstance(time_limit, bool) or not isinstance(time_limit, int | float) or time_limit < 1:
+        return f"time_limit must be a positive number of milliseconds, not {time_limit!r}"
+    if time_limit <= settings.longest_time_limit:
+        return None
+    return (
+        f"time_limit {time_limit} ms exceeds {settings.longest_time_limit} ms, the longest a job may run "
+        f"before RabbitMQ's consumer timeout (FAIRLANE_CONSUMER_TIMEOUT={settings.consumer_timeout} ms / "
+        f"FAIRLANE_PREFETCH_PER_THREAD={settings.prefetch_per_thread}) redelivers it while it still runs: "
+        "lower the time limit, or raise RabbitMQ's consumer_timeout and FAIRLANE_CONSUMER_TIMEOUT together "
+        "(FAIRLANE_PREFETCH_PER_THREAD=1 suits long jobs)"
+    )
 
 
 def load_settings(**overrides: object) -> Settings:

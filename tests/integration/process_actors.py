@@ -9,6 +9,7 @@ The test process declares the same actors with :func:`declare` before sending.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -53,5 +54,18 @@ def declare(queue: str) -> tuple[fairlane.Actor[Any], fairlane.Actor[Any]]:
     return slow_step, held_step
 
 
+def declare_doomed(queue: str) -> fairlane.Actor[Any]:
+    """Declare ``doomed_step`` (one retry) on ``queue``: a poison job that kills its own worker process."""
+
+    @fairlane.actor(queue_name=queue, max_retries=1)
+    def doomed_step(marker_dir: str) -> None:
+        """Leave its ``started`` marker, then SIGKILL the process running it (as an OOM kill would)."""
+        _mark(marker_dir, "started")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return doomed_step
+
+
 if QUEUE_VARIABLE in os.environ:
     slow_step, held_step = declare(os.environ[QUEUE_VARIABLE])
+    doomed_step = declare_doomed(os.environ[QUEUE_VARIABLE])

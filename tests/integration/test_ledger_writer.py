@@ -68,12 +68,12 @@ class CountingWriter(LedgerWriter):
         self._held = threading.Event()
         self._release = threading.Event()
 
-    def _flush(self, finishes: list[Any], starts: list[Any]) -> None:
+    def _flush(self, finishes: list[Any], starts: list[Any], *when: Any) -> None:
         self.flushes += 1
         if self._gate is not None and any(request.job_id == self._gate for request in finishes):
             self._held.set()
             assert self._release.wait(timeout=30), "the test never released the writer"
-        super()._flush(finishes, starts)
+        super()._flush(finishes, starts, *when)
 
     def queued(self) -> int:
         """Requests waiting for the next flush."""

@@ -220,9 +220,15 @@ class Admission:
             "fifo_pass": time.time(),
             "notify": job.run_at <= now,
         }
+        dbapi = self.engine.dialect.loaded_dbapi
         with self._autocommit.connect() as connection:
             driver = connection.connection.driver_connection
-            row = driver.execute(_ACCEPT_PG, parameters, prepare=True).fetchone()  # type: ignore[union-attr]
+            try:
+                row = driver.execute(_ACCEPT_PG, parameters, prepare=True).fetchone()  # type: ignore[union-attr]
+            except (dbapi.OperationalError, dbapi.InterfaceError):
+                # SQLAlchemy did not see this driver error: keep the broken connection out of the pool.
+                connection.invalidate()
+                raise
         return None if row is None else str(row[0])
 
     def _existing_id(self, job: NewJob) -> str:

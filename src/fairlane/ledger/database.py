@@ -16,6 +16,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from fairlane.fairlane_error import FairlaneError
 from fairlane.settings import Settings
 
 logger = logging.getLogger("fairlane.ledger")
@@ -25,7 +26,7 @@ _MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK_ID = 0x6661_6972_6C61
 
 
-class LedgerOutdated(RuntimeError):
+class LedgerOutdated(FairlaneError, RuntimeError):
     """The ledger's schema is not the newest and this process may not migrate it
     (``FAIRLANE_AUTO_MIGRATE=false``): run ``fairlane migrate`` first."""
 

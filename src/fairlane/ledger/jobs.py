@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from fairlane.fairlane_error import FairlaneError
 from fairlane.ledger import transitions
 from fairlane.ledger.database import as_utc, utcnow
 from fairlane.ledger.schema import (
@@ -32,7 +33,7 @@ from fairlane.ledger.schema import (
 _List = list
 
 
-class JobNotFound(LookupError):
+class JobNotFound(FairlaneError, LookupError):
     """Raised when no job has the given id."""
 
 

@@ -17,9 +17,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from fairlane.ledger import transitions
 from fairlane.ledger.database import as_utc, utcnow
+from fairlane.ledger.jobs import error_columns
+from fairlane.ledger.lost_workers import worker_lost_error
 from fairlane.ledger.schema import (
     BACKLOG_STATES,
-    CANCELLED,
     DEAD,
     DISPATCHED,
     RUNNING,
@@ -47,7 +48,8 @@ class ReapedJob:
     queue: str
     worker_id: str | None
     attempts: int
-    state: str  # pending, or cancelled when a cancel had been requested
+    #: pending; cancelled when a cancel had been requested; dead (``WorkerLost``) with no retries left
+    state: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,22 +139,36 @@ class SchedulerQueries:
     # -- reaper --------------------------------------------------------------------------------------
 
     def reap_abandoned(
-        self, heartbeat_timeout: float, limit: int, now: datetime | None = None
+        self,
+        heartbeat_timeout: float,
+        limit: int,
+        now: datetime | None = None,
+        may_retry: Callable[[str, str, int, str | None], bool] | None = None,
     ) -> list[ReapedJob]:
         """Return running jobs whose worker's heartbeat is stale to the backlog.
 
         A job qualifies when it started more than ``heartbeat_timeout`` seconds ago and its
         worker has no heartbeat that recent (or no row at all). It becomes ``pending`` and
         runnable now; the attempt it used stays counted (``start`` counted it). A job whose
-        cancel was requested is ``cancelled`` instead. Running jobs hold no dispatch budget,
-        so the queue's budget is untouched.
+        cancel was requested is ``cancelled`` instead, and one ``may_retry(actor, message,
+        attempts, worker_id)`` says has no retries left is ``dead`` with ``WorkerLost`` (see
+        :mod:`fairlane.ledger.lost_workers`). Running jobs hold no dispatch budget, so the
+        queue's budget is untouched.
         """
         moment = now or utcnow()
         cutoff = moment - timedelta(seconds=heartbeat_timeout)
         fresh = sa.select(workers.c.worker_id).where(workers.c.last_heartbeat_at >= cutoff)
         with self.engine.begin() as connection:
             rows = connection.execute(
-                sa.select(jobs.c.id, jobs.c.queue, jobs.c.worker_id, jobs.c.attempts, jobs.c.cancel_requested)
+                sa.select(
+                    jobs.c.id,
+                    jobs.c.queue,
+                    jobs.c.worker_id,
+                    jobs.c.attempts,
+                    jobs.c.cancel_requested,
+                    jobs.c.actor,
+                    jobs.c.message,
+                )
                 .where(
                     jobs.c.state == RUNNING,
                     jobs.c.started_at < cutoff,
@@ -164,17 +180,31 @@ class SchedulerQueries:
             ).all()
             reaped = []
             for row in rows:
-                transition = transitions.REAP_CANCELLED if row.cancel_requested else transitions.REAP
+                values: dict[str, Any]
+                if row.cancel_requested:
+                    transition = transitions.REAP_CANCELLED
+                    values = {"finished_at": moment, "worker_id": None}
+                elif may_retry is not None and not may_retry(
+                    row.actor, row.message, row.attempts, row.worker_id
+                ):
+                    transition = transitions.FAIL
+                    error_type, message, traceback = error_columns(
+                        worker_lost_error(row.worker_id, row.attempts)
+                    )
+                    values = {
+                        "finished_at": moment,
+                        "error_type": error_type,
+                        "error_message": message,
+                        "error_traceback": traceback,
+                    }
+                else:
+                    transition = transitions.REAP
+                    values = {"next_run_at": moment, "dispatched_at": None, "worker_id": None}
                 state = transition.target
-                values: dict[str, Any] = (
-                    {"finished_at": moment}
-                    if state == CANCELLED
-                    else {"next_run_at": moment, "dispatched_at": None}
-                )
                 changed = connection.execute(
                     jobs.update()
                     .where(jobs.c.id == row.id, transition.guard)
-                    .values(state=state, worker_id=None, updated_at=moment, **values)
+                    .values(state=state, updated_at=moment, **values)
                 ).rowcount
                 if changed:
                     reaped.append(ReapedJob(row.id, row.queue, row.worker_id, row.attempts, state))

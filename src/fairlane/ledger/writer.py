@@ -32,6 +32,9 @@ A clean stop (SIGTERM) flushes every pending finish before the process exits.
 A flush that fails on a lost connection is retried (with a growing pause) until it succeeds or
 the writer stops; one that fails on a bad row is split, so only that job sees the error (a
 start raises in its thread; a finish is logged and the job is marked dead with the reason).
+A flush whose connection was lost after its COMMIT (only the reply lost) already started its
+jobs: its retry finds them running under this worker since that flush's time, and runs them
+(without it, the retry would skip them as running elsewhere, leaving them running for good).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ import sqlalchemy as sa
 
 from fairlane.ledger.database import as_utc, dedicated_connection, utcnow
 from fairlane.ledger.jobs import JobError, Start, StartDecision, error_columns
-from fairlane.ledger.schema import DEAD, RETRYING, SUCCEEDED, jobs
+from fairlane.ledger.schema import DEAD, RETRYING, RUNNING, SUCCEEDED, jobs
 from fairlane.ledger.transitions import FINISH_ONE, FINISHES, FLUSH_PG, RESTART_ONE, START_ONE
 
 logger = logging.getLogger("fairlane.ledger")
@@ -234,11 +237,14 @@ class LedgerWriter:
 
     def _flush_until_done(self, finishes: list[_Request], starts: list[_Request]) -> None:
         pause = 0.05
+        lost_flushes: list[datetime] = []  # when the tries whose connection was lost ran
         while True:
+            now = utcnow()
             try:
-                self._flush(finishes, starts)
+                self._flush(finishes, starts, now, lost_flushes)
                 return
             except self._connection_errors as error:
+                lost_flushes.append(now)
                 self._close_raw()
                 error_text = str(error).splitlines()[0][:200]
                 if self._stopping and pause >= MAX_RETRY_PAUSE:
@@ -280,12 +286,26 @@ class LedgerWriter:
         dead = Finish(finish.job_id, DEAD, error=reason)
         self._flush_until_done([_Request(finish.job_id, finish=dead, starting=request.starting)], [])
 
-    def _flush(self, finishes: list[_Request], starts: list[_Request]) -> None:
-        now = utcnow()
+    def _flush(
+        self,
+        finishes: list[_Request],
+        starts: list[_Request],
+        now: datetime,
+        lost_flushes: Sequence[datetime],
+    ) -> None:
+        """Flush one batch as of ``now``; ``lost_flushes`` are the times of this batch's earlier
+        tries whose connection was lost (their starts may have committed)."""
         if self._postgresql:
             started, known, ran = self._flush_pg(finishes, starts, now)
         else:
             started, known, ran = self._flush_sqlite(finishes, starts, now)
+        if lost_flushes:
+            unstarted = [request.job_id for request in starts if request.job_id in known - started.keys()]
+            started.update(self._started_by_lost_flush(unstarted, lost_flushes))
+            unfinished = [
+                request.job_id for request in finishes if request.starting and request.job_id not in ran
+            ]
+            ran |= self._ran_by_lost_flush(unfinished, lost_flushes)
         for request in finishes:
             if request.starting and request.job_id not in ran:
                 logger.info("event=job_outcome_dropped job=%s reason='its start was refused'", request.job_id)
@@ -330,6 +350,33 @@ class LedgerWriter:
                     self.on_refused(job_id)
                 except Exception:
                     logger.exception("event=interrupt_failed job=%s", job_id)
+
+    def _started_by_lost_flush(
+        self, job_ids: Sequence[str], lost_flushes: Sequence[datetime]
+    ) -> dict[str, Any]:
+        """Those of ``job_ids`` a flush of this writer started before its reply was lost:
+        running under this worker since one of ``lost_flushes``, as ``{id: (attempts, next_run_at)}``."""
+        if not job_ids:
+            return {}
+        query = sa.select(jobs.c.id, jobs.c.attempts, jobs.c.next_run_at).where(
+            jobs.c.id.in_(list(job_ids)),
+            jobs.c.state == RUNNING,
+            jobs.c.worker_id == self.worker_id,
+            jobs.c.started_at.in_(list(lost_flushes)),
+        )
+        with self.engine.connect() as connection:
+            return {row.id: (row.attempts, row.next_run_at) for row in connection.execute(query)}
+
+    def _ran_by_lost_flush(self, job_ids: Sequence[str], lost_flushes: Sequence[datetime]) -> set[str]:
+        """Those of ``job_ids`` (started and finished in one write) that a flush of this writer
+        recorded before its reply was lost: started at one of ``lost_flushes``."""
+        if not job_ids:
+            return set()
+        query = sa.select(jobs.c.id).where(
+            jobs.c.id.in_(list(job_ids)), jobs.c.started_at.in_(list(lost_flushes))
+        )
+        with self.engine.connect() as connection:
+            return set(connection.scalars(query))
 
     def _report_retries(self, finishes: Sequence[_Request]) -> None:
         due: dict[str, datetime] = {}

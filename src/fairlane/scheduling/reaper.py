@@ -5,7 +5,9 @@
   is admitted again; the attempt it used stays counted. (A job whose cancel was requested
   is ``cancelled`` instead.) This recovers a job whatever became of its message: RabbitMQ
   redelivers the unacked message of a worker whose connection closed, but not that of a
-  worker that hangs, or one partitioned from the ledger but not from RabbitMQ.
+  worker that hangs, or one partitioned from the ledger but not from RabbitMQ. A job whose
+  lost attempt was its last (``max_retries``: a job that kills its worker every time) is
+  ``dead`` with ``WorkerLost`` instead, naming the worker (:mod:`fairlane.ledger.lost_workers`).
 * A ``dispatched`` job no worker started within ``dispatch_timeout`` seconds is published
   again, once per ``dispatch_timeout``: its message was lost (a purged or deleted queue, a
   broker failure). It is re-published only while its lane queue has consumers and no ready
@@ -15,18 +17,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
 from datetime import datetime
+from typing import Any
 
 import pika
-from dramatiq.errors import ConnectionClosed
+from dramatiq.errors import ActorNotFound, ConnectionClosed
 
 from fairlane.app import App
 from fairlane.ledger.admission import AdmittedJob
 from fairlane.ledger.database import utcnow
+from fairlane.ledger.lost_workers import WorkerLost, retries_left
 from fairlane.ledger.reaping import ReapedJob, SchedulerQueries, StaleDispatch
-from fairlane.ledger.schema import PENDING
+from fairlane.ledger.schema import DEAD, PENDING
 
 logger = logging.getLogger("fairlane.scheduler")
 
@@ -50,18 +56,21 @@ def run_reaper(app: App, now: datetime | None = None) -> ReaperReport:
     queries = SchedulerQueries(app.engine)
     report = ReaperReport()
     while True:
-        batch = queries.reap_abandoned(settings.heartbeat_timeout, REAP_BATCH, now=moment)
+        batch = queries.reap_abandoned(
+            settings.heartbeat_timeout, REAP_BATCH, now=moment, may_retry=lambda *job: _may_retry(app, *job)
+        )
         report.reaped += batch
         if len(batch) < REAP_BATCH:
             break
     for job in report.reaped:
         logger.warning(
-            "event=job_reaped job=%s queue=%s worker=%s attempts=%d now=%s",
+            "event=job_reaped job=%s queue=%s worker=%s attempts=%d now=%s%s",
             job.id,
             job.queue,
             job.worker_id,
             job.attempts,
             job.state,
+            " error_type=WorkerLost reason='no retries left'" if job.state == DEAD else "",
         )
     for queue in sorted({job.queue for job in report.reaped if job.state == PENDING}):
         app.broker.declare_queue(queue)
@@ -82,6 +91,25 @@ def run_reaper(app: App, now: datetime | None = None) -> ReaperReport:
             report.waiting,
         )
     return report
+
+
+def _may_retry(app: App, actor_name: str, message: str, attempts: int, worker_id: str | None) -> bool:
+    """Whether a job whose attempt ``attempts`` died with its worker has retries left, as a
+    failure would: its actor's ``retry_when`` if the actor is declared here, else its message's
+    ``max_retries``, its actor's (declared here or in the actor catalog) or the default."""
+    options: dict[str, Any] = {}
+    try:
+        options = dict(app.broker.get_actor(actor_name).options)
+    except ActorNotFound:
+        entry = app.broker.catalog.lookup(actor_name)
+        if entry is not None:
+            options = dict(entry.options)
+    with contextlib.suppress(ValueError, AttributeError):  # unreadable: its actor's options decide
+        options.update(json.loads(message).get("options") or {})
+    retry_when = options.get("retry_when")
+    if callable(retry_when):
+        return bool(retry_when(attempts - 1, WorkerLost(f"worker {worker_id} died")))
+    return retries_left(attempts, options.get("max_retries", app.settings.max_retries))
 
 
 def _publishable_lanes(app: App, lanes: set[tuple[str, str]]) -> set[tuple[str, str]]:
