@@ -88,7 +88,10 @@ def build_app(settings: Settings) -> App:
     # knows the job (follow-up sends keep its tenant). AgeLimit comes first, as in Dramatiq:
     # a job too old to run is never started, and Tracking marks it dead. LostWorkers comes
     # before Tracking: it ends a redelivered job whose worker died on its last attempt, which
-    # Tracking's start would otherwise run again.
+    # Tracking's start would otherwise run again. Cancellation comes last, so its hooks run right
+    # around the actor: the interrupt it raises in a thread (a cancel, or a start the ledger
+    # refused) lands in the job's own code, never in another middleware's (a thread interrupted
+    # inside a logging call would leave the handler's lock held for good).
     middleware = [
         AgeLimit(),
         RateLimitPauses(jobs, rate_limits),
@@ -96,13 +99,13 @@ def build_app(settings: Settings) -> App:
         Tracking(jobs, writer, cancelled),
         Metrics(),
         JobContext(jobs),
-        cancellation,
         TimeLimit(time_limit=settings.time_limit),
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
         Results(writer, settings),
         Retries(writer, settings),
+        cancellation,
     ]
     broker = FairlaneBroker(settings, admission, jobs, middleware, cancelled)
     # Starts free dispatch slots: after each flush the writer asks the dispatcher to refill them.

@@ -49,7 +49,7 @@ from dramatiq.message import Message
 
 from fairlane.app import App, get_app
 from fairlane.broker import REASON_HEADER
-from fairlane.errors import InvalidJob
+from fairlane.errors import InvalidJob, LedgerUnavailable
 from fairlane.settings import SettingsError
 from fairlane.validation import check_idempotency_key, check_tenant
 from fairlane.worker import import_actor_modules, stop_on_signals
@@ -76,6 +76,7 @@ _POLL_SECONDS = 0.2
 _LOGGED_REASON_CHARS = 300
 #: Errors that mean the ledger cannot be reached or is not answering, not that a message is bad.
 _LEDGER_UNAVAILABLE = (
+    LedgerUnavailable,  # what the send path raises (its job, if stored, is found again by its id)
     sa.exc.OperationalError,
     sa.exc.InterfaceError,
     sa.exc.TimeoutError,

@@ -27,7 +27,12 @@ logger = logging.getLogger("fairlane.worker")
 
 
 class Cancellation(Middleware):
-    """Watch this process's running jobs for cancel requests and interrupt them."""
+    """Watch this process's running jobs for cancel requests and interrupt them.
+
+    Last in the middleware list, so that a job counts as interruptible only while its actor
+    runs: an exception raised in a thread elsewhere (in a logging call, say) could leave a lock
+    held for good.
+    """
 
     def __init__(self, jobs: JobStore, writer: LedgerWriter, poll_interval: float) -> None:
         self.jobs = jobs
