@@ -33,7 +33,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         moment, job_id = json.loads(raw)
         position = datetime.fromisoformat(moment), job_id
-        if position[0].tzinfo is None or not isinstance(job_id, str):
+        if position[0].tzinfo is None or not isinstance(job_id, str) or not job_id.isprintable():
             raise ValueError("not a position")
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
         raise ApiProblem(

@@ -21,10 +21,14 @@ MAX_ARGUMENTS = 1000
 #: Longest delay of a submitted job: one year, in milliseconds.
 MAX_DELAY_MS = 365 * 86_400_000
 
+#: Identifiers and names: no control characters (PostgreSQL's text refuses NUL; nobody means them).
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+
 State = Literal["pending", "dispatched", "running", "retrying", "succeeded", "dead", "cancelled"]
-ActorName = Annotated[str, Field(min_length=1, max_length=255)]
-Priority = Annotated[str, Field(min_length=1, max_length=32)]
-TenantId = Annotated[str, Field(min_length=1, max_length=MAX_TENANT_LENGTH)]
+ActorName = Annotated[str, Field(min_length=1, max_length=255, pattern=NO_CONTROL)]
+QueueName = Annotated[str, Field(min_length=1, max_length=255, pattern=NO_CONTROL)]
+Priority = Annotated[str, Field(min_length=1, max_length=32, pattern=NO_CONTROL)]
+TenantId = Annotated[str, Field(min_length=1, max_length=MAX_TENANT_LENGTH, pattern=NO_CONTROL)]
 Arguments = Annotated[list[JsonValue], Field(max_length=MAX_ARGUMENTS)]
 KeywordArguments = Annotated[dict[str, JsonValue], Field(max_length=MAX_ARGUMENTS)]
 Cost = Annotated[float, Field(gt=0, le=1_000_000)]
@@ -41,7 +45,9 @@ class JobSubmission(_Request):
     args: Arguments = []
     kwargs: KeywordArguments = {}
     priority: Priority | None = None
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=MAX_IDEMPOTENCY_KEY_LENGTH)] | None = None
+    idempotency_key: (
+        Annotated[str, Field(min_length=1, max_length=MAX_IDEMPOTENCY_KEY_LENGTH, pattern=NO_CONTROL)] | None
+    ) = None
     delay_ms: Annotated[int, Field(ge=0, le=MAX_DELAY_MS)] | None = None
     cost: Cost = 1
 
@@ -162,7 +168,7 @@ class DeadLetterFilter(_Request):
     """Which dead jobs to re-drive: at least one filter must be given."""
 
     actor: ActorName | None = None
-    queue: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    queue: QueueName | None = None
     tenant: TenantId | None = None
     older_than_seconds: Annotated[float, Field(gt=0, le=10 * 365 * 86_400)] | None = None
 
@@ -172,7 +178,7 @@ class PurgeFilter(_Request):
 
     older_than_seconds: Annotated[float, Field(ge=0, le=10 * 365 * 86_400)]
     actor: ActorName | None = None
-    queue: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    queue: QueueName | None = None
     tenant: TenantId | None = None
 
 
@@ -230,7 +236,7 @@ class KeyCreation(_Request):
 
     tenant: TenantId
     admin: bool = False
-    name: Annotated[str, Field(max_length=255)] = ""
+    name: Annotated[str, Field(max_length=255, pattern=NO_CONTROL)] = ""
 
 
 class KeyView(BaseModel):

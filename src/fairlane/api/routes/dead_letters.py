@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query
 from fairlane import dead_letters
 from fairlane.api.auth import Admin, Caller, tenant_scope
 from fairlane.api.models import (
+    NO_CONTROL,
     ActorName,
     Count,
     DeadLetterFilter,
@@ -37,7 +38,7 @@ def list_dead_letters(
     key: Caller,
     services: Services,
     actor: ActorName | None = None,
-    queue: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
+    queue: Annotated[str | None, Query(min_length=1, max_length=255, pattern=NO_CONTROL)] = None,
     tenant: Annotated[TenantId | None, Query(description="admin keys only")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[JobView]:

@@ -22,6 +22,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from fairlane.api.auth import Caller, tenant_scope, visible
 from fairlane.api.cursor import decode_cursor, encode_cursor
 from fairlane.api.models import (
+    NO_CONTROL,
     ActorName,
     BatchAccepted,
     BatchSubmission,
@@ -47,7 +48,7 @@ BACKLOG_RETRY_AFTER = 30
 #: The ``retry`` an event stream tells clients to wait before reconnecting, in milliseconds.
 RECONNECT_MS = 2000
 
-JobId = Annotated[str, PathParam(min_length=1, max_length=64)]
+JobId = Annotated[str, PathParam(min_length=1, max_length=64, pattern=NO_CONTROL)]
 
 
 def visible_job(services: ApiState, key: ApiKey, job_id: str) -> Job:
@@ -142,10 +143,10 @@ def list_jobs(
     services: Services,
     state: State | None = None,
     actor: ActorName | None = None,
-    queue: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
+    queue: Annotated[str | None, Query(min_length=1, max_length=255, pattern=NO_CONTROL)] = None,
     priority: Priority | None = None,
     tenant: Annotated[TenantId | None, Query(description="admin keys only")] = None,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=200, pattern=NO_CONTROL)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> JobPage:
     """Jobs matching every filter given; a tenant key sees its own tenant's only."""

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 
 from fairlane.api.auth import Admin, Caller, tenant_scope
-from fairlane.api.models import LaneView, TenantUpdate, TenantView
+from fairlane.api.models import NO_CONTROL, LaneView, TenantUpdate, TenantView
 from fairlane.api.problems import ApiProblem, problem_responses
 from fairlane.api.state import Services
 from fairlane.errors import InvalidJob
@@ -22,7 +22,7 @@ from fairlane.validation import MAX_TENANT_LENGTH, check_tenant
 
 router = APIRouter(tags=["tenants and queues"], responses=problem_responses(401, 429))
 
-QueueName = Annotated[str | None, Query(min_length=1, max_length=255)]
+QueueName = Annotated[str | None, Query(min_length=1, max_length=255, pattern=NO_CONTROL)]
 
 
 @router.get("/v1/tenants", summary="Tenants' load and settings", responses=problem_responses(422))
@@ -37,7 +37,7 @@ def list_tenants(key: Caller, services: Services, queue: QueueName = None) -> li
     "/v1/tenants/{tenant}", summary="Set a tenant's weight or cap", responses=problem_responses(403, 422)
 )
 def update_tenant(
-    tenant: Annotated[str, PathParam(min_length=1, max_length=MAX_TENANT_LENGTH)],
+    tenant: Annotated[str, PathParam(min_length=1, max_length=MAX_TENANT_LENGTH, pattern=NO_CONTROL)],
     body: TenantUpdate,
     _key: Admin,
     services: Services,
