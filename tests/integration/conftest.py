@@ -10,7 +10,6 @@ from typing import Any
 
 import dramatiq
 import pytest
-
 from fastapi.testclient import TestClient
 
 import fairlane

@@ -306,9 +306,7 @@ def test_cancel_a_waiting_job(api: TestClient, key_headers: Keys, declare: Any, 
     assert api.get(f"/v1/jobs/{job_id}/result", headers=as_acme).status_code == 409
 
 
-def test_results_inline_and_as_a_file_download(
-    make_app: Callable[..., App], declare: Any, acme: str
-) -> None:
+def test_results_inline_and_as_a_file_download(make_app: Callable[..., App], declare: Any, acme: str) -> None:
     # Given an app keeping results over 1 KiB in files, and an actor returning small or large results
     from fairlane.api import create_api
     from fairlane.ledger.api_keys import ApiKeyStore
