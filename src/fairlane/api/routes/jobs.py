@@ -199,13 +199,16 @@ def get_result(job_id: JobId, key: Caller, services: Services) -> Response:
 
 
 def event_id(snapshot: JobSnapshot) -> str:
-    """The SSE id of a job snapshot: a digest of its content (equal ids: nothing changed)."""
+    """The SSE id of a job snapshot: a digest of what an event tells (equal ids: nothing changed).
+
+    ``updated_at`` is left out: a job repeating the same progress report is no news.
+    """
     body = json.dumps(
         [snapshot.state, snapshot.attempts, snapshot.progress, snapshot.cancel_requested],
         sort_keys=True,
         separators=(",", ":"),
     )
-    return hashlib.sha256(f"{snapshot.updated_at.isoformat()}|{body}".encode()).hexdigest()[:16]
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
 def _event(snapshot: JobSnapshot, previous: JobSnapshot | None) -> ServerSentEvent:
