@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -206,3 +207,27 @@ def test_readiness_fails_when_the_broker_is_unreachable(make_app: Callable[..., 
     assert readyz.json()["checks"]["ledger"] == "ok"
     assert readyz.json()["checks"]["broker"].startswith("unreachable")
     assert healthz.status_code == 200
+
+
+def test_a_lost_ledger_answers_503_with_a_problem(
+    make_app: Callable[..., App], sqlite_url: str, acme: str
+) -> None:
+    # Given an API on an embedded ledger, and a key
+    from fairlane.ledger.api_keys import ApiKeyStore
+
+    app = make_app(database_url=sqlite_url)
+    headers = {"Authorization": f"Bearer {ApiKeyStore(app.engine).create(acme)[1]}"}
+    with TestClient(create_api(app)) as api:
+        assert api.get("/v1/jobs", headers=headers).status_code == 200
+
+        # When the ledger's files disappear under it
+        for path in Path(sqlite_url.removeprefix("sqlite:///")).parent.glob("ledger.db*"):
+            path.unlink()
+        app.engine.dispose()
+        answer = api.get("/v1/jobs", headers=headers)
+
+    # Then requests get a 503 problem with Retry-After
+    assert answer.status_code == 503
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["type"] == "urn:fairlane:problem:ledger-unavailable"
+    assert int(answer.headers["retry-after"]) > 0

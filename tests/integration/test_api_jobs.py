@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -306,7 +307,9 @@ def test_cancel_a_waiting_job(api: TestClient, key_headers: Keys, declare: Any, 
     assert api.get(f"/v1/jobs/{job_id}/result", headers=as_acme).status_code == 409
 
 
-def test_results_inline_and_as_a_file_download(make_app: Callable[..., App], declare: Any, acme: str) -> None:
+def test_results_inline_and_as_a_file_download(
+    make_app: Callable[..., App], declare: Any, acme: str, tmp_path: Path
+) -> None:
     # Given an app keeping results over 1 KiB in files, and an actor returning small or large results
     from fairlane.api import create_api
     from fairlane.ledger.api_keys import ApiKeyStore
@@ -336,6 +339,14 @@ def test_results_inline_and_as_a_file_download(make_app: Callable[..., App], dec
     assert f'filename="{large}.json"' in download.headers["content-disposition"]
     assert download.json() == [{"row": n} for n in range(500)]
     assert (job["state"], job["has_result"], job["attempts"]) == ("succeeded", True, 1)
+
+    # And once the result file is removed, the result is gone (410), not a server error
+    for path in (tmp_path / "results").glob(f"{large}.*"):
+        path.unlink()
+    with TestClient(create_api(app)) as api:
+        gone = api.get(f"/v1/jobs/{large}/result", headers=headers)
+    assert gone.status_code == 410
+    assert gone.json()["type"] == "urn:fairlane:problem:result-gone"
 
 
 def test_failed_job_shows_its_error(

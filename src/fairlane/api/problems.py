@@ -6,9 +6,11 @@ the specifics (``detail``) and, for bad input, the field(s) at fault (``field`` 
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -17,6 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fairlane.errors import InvalidJob
 from fairlane.ledger.jobs import JobNotFound
+
+logger = logging.getLogger("fairlane.api")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
@@ -157,21 +161,41 @@ _TITLES = {
     405: "Method not allowed",
     406: "Not acceptable",
     409: "Conflict",
+    410: "Gone",
     413: "Content too large",
     415: "Unsupported media type",
     422: "Invalid request",
     429: "Too many requests",
+    500: "Internal server error",
     503: "Service unavailable",
 }
 
 
+async def _on_ledger_unavailable(_request: Request, error: Exception) -> JSONResponse:
+    logger.error("event=api_ledger_unavailable error=%s", type(error).__name__)
+    problem = Problem(
+        type="urn:fairlane:problem:ledger-unavailable",
+        title="Service unavailable",
+        status=503,
+        detail="the job ledger cannot be reached; try again shortly",
+    )
+    return problem_response(problem, {"Retry-After": "5"})
+
+
+async def _on_unexpected(_request: Request, _error: Exception) -> JSONResponse:
+    # Starlette logs the exception (and its traceback) after this answer is sent.
+    return problem_response(Problem(title="Internal server error", status=500))
+
+
 def install_problem_handlers(api: FastAPI) -> None:
-    """Answer every error of ``api`` with a problem body."""
+    """Answer every error of ``api`` with a problem body (a lost ledger: 503, anything else: 500)."""
     api.add_exception_handler(ApiProblem, _on_api_problem)
     api.add_exception_handler(RequestValidationError, _on_validation_error)
     api.add_exception_handler(StarletteHTTPException, _on_http_error)
     api.add_exception_handler(InvalidJob, _on_invalid_job)
     api.add_exception_handler(JobNotFound, _on_job_not_found)
+    api.add_exception_handler(sa.exc.OperationalError, _on_ledger_unavailable)
+    api.add_exception_handler(Exception, _on_unexpected)
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -185,7 +186,7 @@ def cancel_job(job_id: JobId, key: Caller, services: Services) -> JobView:
             "description": "The result as JSON (a file download when it was too large for the ledger row)",
             "content": {"application/json": {"schema": {}}},
         },
-        **problem_responses(404, 409, 422),
+        **problem_responses(404, 409, 410, 422),
     },
 )
 def get_result(job_id: JobId, key: Caller, services: Services) -> Response:
@@ -194,6 +195,8 @@ def get_result(job_id: JobId, key: Caller, services: Services) -> Response:
     if job.state != "succeeded":
         raise ApiProblem(409, "no-result", "No result", f"job {job_id} is {job.state}, not succeeded")
     if job.result_path is not None:
+        if not Path(job.result_path).is_file():
+            raise ApiProblem(410, "result-gone", "Result gone", f"job {job_id}'s result file was removed")
         return FileResponse(job.result_path, media_type="application/json", filename=f"{job.id}.json")
     return JSONResponse(job.result)
 
@@ -209,6 +212,11 @@ def event_id(snapshot: JobSnapshot) -> str:
         separators=(",", ":"),
     )
     return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+async def _snapshot(services: ApiState, job_id: str) -> JobSnapshot | None:
+    found = await anyio.to_thread.run_sync(services.app.jobs.snapshots, [job_id])
+    return found.get(job_id)
 
 
 def _event(snapshot: JobSnapshot, previous: JobSnapshot | None) -> ServerSentEvent:
@@ -245,19 +253,15 @@ async def job_events(
     On reconnect (``Last-Event-ID``) the current state is sent unless it is the one last seen.
     """
     job = await anyio.to_thread.run_sync(visible_job, services, key, job_id)
-    # Subscribed before the first read, so no change between the two is missed.
-    subscription = services.events.subscribe(job.id)
-    try:
-        current = (await anyio.to_thread.run_sync(services.app.jobs.snapshots, [job.id])).get(job.id)
-    except BaseException:
-        subscription.close()
-        raise
+    current = await _snapshot(services, job.id)
     if current is None or (current.finished and event_id(current) == last_event_id):
-        subscription.close()
         return Response(status_code=204)
 
     async def stream(last: JobSnapshot) -> AsyncIterator[ServerSentEvent]:
+        subscription = services.events.subscribe(last.id)
         try:
+            # Read again once subscribed, so a change just before the subscription is not missed.
+            last = await _snapshot(services, last.id) or last
             if event_id(last) != last_event_id:
                 yield _event(last, None)
             while not last.finished:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
 from fastapi import APIRouter
+from fastapi import Path as PathParam
 
 from fairlane.api.auth import Admin
-from fairlane.api.models import CreatedKey, KeyCreation, KeyView
+from fairlane.api.models import NO_CONTROL, CreatedKey, KeyCreation, KeyView
 from fairlane.api.problems import ApiProblem, not_found, problem_responses
-from fairlane.api.routes.jobs import JobId
 from fairlane.api.state import Services
 from fairlane.errors import InvalidJob
 from fairlane.validation import check_tenant
 
 logger = logging.getLogger("fairlane.api")
+
+KeyId = Annotated[str, PathParam(min_length=1, max_length=32, pattern=NO_CONTROL)]
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=problem_responses(401, 403, 429))
 
@@ -44,7 +47,7 @@ def create_key(body: KeyCreation, key: Admin, services: Services) -> CreatedKey:
 
 
 @router.post("/{key_id}/revoke", summary="Revoke an API key", responses=problem_responses(404, 422))
-def revoke_key(key_id: JobId, key: Admin, services: Services) -> KeyView:
+def revoke_key(key_id: KeyId, key: Admin, services: Services) -> KeyView:
     """Revoke a key (by its id or ``fl_<id>`` prefix): it never authenticates again."""
     record = services.keys.revoke(key_id)
     if record is None:
