@@ -66,6 +66,15 @@ def test_fairlane_api_serves_the_modules_actors(
         assert refused.status_code == 422
         assert "slow_step(marker_dir, seconds)" in refused.json()["detail"]
         assert httpx2.get(f"{url}/readyz").status_code == 200
+
+        # When six requests without a key arrive, on connections of their own
+        for _ in range(6):
+            assert httpx2.get(f"{url}/v1/jobs").status_code == 401
+
+        # Then /metrics counts all six, whichever process served each and whichever serves the scrape
+        sample = 'fairlane_api_requests_total{method="GET",route="/v1/jobs",status="4xx"} 6.0'
+        for _ in range(4):
+            assert sample in httpx2.get(f"{url}/metrics").text.splitlines()
     finally:
         # The API stops on SIGTERM (uvicorn's graceful shutdown), its worker processes with it
         process.send_signal(signal.SIGTERM)

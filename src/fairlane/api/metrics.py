@@ -4,14 +4,22 @@ Labels are bounded: the route *template* (``/v1/jobs/{job_id}``, never an id; ``
 for paths no route has), the method (the common ones, else ``OTHER``) and the status class
 (``2xx``…``5xx``). The process's job metrics (``fairlane_jobs_enqueued_total`` of submissions)
 are on the same default registry and served alongside.
+
+``fairlane api --workers N`` (N > 1) runs prometheus_client's multiprocess mode in
+:func:`api_metrics_dir`, so every process serves the sum over all of them, whichever one a
+scrape reaches.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fairlane.observability.catalog import worker_registry_for_scrape
+from fairlane.settings import Settings
 
 REQUESTS = Counter(
     "fairlane_api_requests_total", "HTTP requests answered by the API.", ["route", "method", "status"]
@@ -51,3 +59,15 @@ class RequestMetrics:
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
             REQUESTS.labels(route=route, method=method, status=f"{status // 100}xx").inc()
             REQUEST_DURATION.labels(route=route, method=method).observe(time.perf_counter() - started)
+
+
+def api_metrics_dir(settings: Settings) -> Path:
+    """The multiprocess metrics directory of ``fairlane api`` processes."""
+    return settings.metrics_dir / "api"
+
+
+def scrape_registry(settings: Settings) -> CollectorRegistry:
+    """What ``/metrics`` serves: every API process's metrics merged, or this process's own."""
+    if settings.api_workers > 1:
+        return worker_registry_for_scrape(api_metrics_dir(settings))
+    return REGISTRY

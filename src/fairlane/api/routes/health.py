@@ -10,8 +10,9 @@ import logging
 import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from fairlane.api.metrics import scrape_registry
 from fairlane.api.models import Health
 from fairlane.api.state import Services
 from fairlane.app import App
@@ -70,6 +71,7 @@ def readyz(services: Services) -> JSONResponse:
     response_class=PlainTextResponse,
     responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}},
 )
-def metrics() -> PlainTextResponse:
+def metrics(services: Services) -> PlainTextResponse:
     """Request counts and durations by route template, method and status class, and job metrics."""
-    return PlainTextResponse(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    registry = scrape_registry(services.app.settings)
+    return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
