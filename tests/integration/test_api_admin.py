@@ -104,6 +104,34 @@ def test_dead_letters_listed_shown_requeued_and_purged(
     assert api.get(f"/v1/jobs/{acme_ids[1]}", headers=as_acme).json()["state"] == "succeeded"
 
 
+def test_dead_letters_without_a_ledger_row_are_listed_and_purged(
+    app: App, api: TestClient, key_headers: Keys, queue: str, acme: str
+) -> None:
+    # Given a queue the ledger knows, and an undecodable message in its dead-letter queue
+    @fairlane.actor(queue_name=queue)
+    def export() -> None: ...
+
+    ops = key_headers("ops", admin=True)
+    api.post("/v1/jobs", json={"actor": "export", "delay_ms": 60_000}, headers=key_headers(acme))
+    app.broker.dead_letter_raw(queue, b"\x00not json", "undecodable message: test")
+
+    # When the admin lists raw dead letters of that queue, and a tenant key tries
+    listed = api.get("/v1/dead-letters:raw", params={"queue": queue}, headers=ops)
+    unknown = api.get("/v1/dead-letters:raw", params={"queue": f"{queue}-never-used"}, headers=ops)
+    forbidden = api.get("/v1/dead-letters:raw", headers=key_headers(acme))
+
+    # Then the admin sees it with its reason; an unknown queue has none; tenants may not look
+    assert [(row["queue"], row["reason"]) for row in listed.json()] == [(queue, "undecodable message: test")]
+    assert unknown.json() == []
+    assert forbidden.status_code == 403
+
+    # When every dead letter older than now is purged
+    api.post("/v1/dead-letters:purge", json={"older_than_seconds": 0}, headers=ops)
+
+    # Then the raw one is gone too (it stays until then: listing does not remove it)
+    assert api.get("/v1/dead-letters:raw", params={"queue": queue}, headers=ops).json() == []
+
+
 def test_admin_sets_tenant_weight_and_cap(api: TestClient, key_headers: Keys, acme: str) -> None:
     # Given an admin key
     ops = key_headers("ops", admin=True)

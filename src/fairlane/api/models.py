@@ -164,6 +164,15 @@ class DeadLetterView(JobView):
     message: JsonValue
 
 
+class RawDeadLetterView(BaseModel):
+    """A message in a dead-letter queue with no ledger row (e.g. undecodable), and why it is there."""
+
+    queue: str
+    reason: str
+    dead_at: datetime | None
+    body_preview: str
+
+
 class DeadLetterFilter(_Request):
     """Which dead jobs to re-drive: at least one filter must be given."""
 

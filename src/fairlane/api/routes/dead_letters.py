@@ -21,6 +21,7 @@ from fairlane.api.models import (
     DeadLetterView,
     JobView,
     PurgeFilter,
+    RawDeadLetterView,
     TenantId,
 )
 from fairlane.api.problems import ApiProblem, not_found, problem_responses
@@ -47,6 +48,24 @@ def list_dead_letters(
         services.app, actor=actor, queue=queue, tenant=tenant_scope(key, tenant), limit=limit
     )
     return [JobView.of(job) for job in found]
+
+
+@router.get(":raw", summary="Dead letters with no ledger row", responses=problem_responses(403, 422))
+def list_raw_dead_letters(
+    _key: Admin,
+    services: Services,
+    queue: Annotated[str | None, Query(min_length=1, max_length=255, pattern=NO_CONTROL)] = None,
+) -> list[RawDeadLetterView]:
+    """Messages RabbitMQ holds in dead-letter queues that no ledger row describes (undecodable
+    bodies, sends from plain Dramatiq), read without removing them; purge removes them by age."""
+    app = services.app
+    # Only queues the ledger knows: a name from the request never declares a RabbitMQ queue.
+    queues = [name for name in app.admission.known_queues() if queue is None or name == queue]
+    return [
+        RawDeadLetterView(**vars(letter))
+        for name in queues
+        for letter in dead_letters.raw_dead_letters(app, name)
+    ]
 
 
 @router.get("/{job_id}", summary="A dead job in full", responses=problem_responses(404, 422))
