@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from fairlane.api.body_limit import BodyLimit
 from fairlane.api.events import JobEventHub
@@ -66,8 +67,6 @@ def create_api(app: App) -> FastAPI:
 def _openapi(api: FastAPI) -> dict[str, Any]:
     """FastAPI's document, with problem bodies under their own media type."""
     if api.openapi_schema is None:
-        from fastapi.openapi.utils import get_openapi
-
         schema = get_openapi(
             title=api.title, version=api.version, description=api.description, routes=api.routes
         )
