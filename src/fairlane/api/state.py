@@ -23,8 +23,8 @@ class ApiState:
     events: JobEventHub
 
 
-def api_state(request: Request) -> ApiState:
-    """The :class:`ApiState` of the API serving ``request``."""
+async def api_state(request: Request) -> ApiState:
+    """The :class:`ApiState` of the API serving ``request`` (async: no thread hop for an attribute)."""
     state: ApiState = request.app.state.fairlane
     return state
 
