@@ -15,20 +15,21 @@ from datetime import datetime
 
 from fairlane.api.problems import ApiProblem
 
-_MAX_CURSOR = 200
+#: Longest cursor accepted: a 64-character job id of 4-byte UTF-8 characters fits.
+MAX_CURSOR = 512
 
 
 def encode_cursor(position: tuple[datetime, str]) -> str:
     """The cursor after a job at ``position`` (see :func:`fairlane.ledger.jobs.list_position`)."""
     moment, job_id = position
-    text = json.dumps([moment.isoformat(), job_id], separators=(",", ":"))
+    text = json.dumps([moment.isoformat(), job_id], separators=(",", ":"), ensure_ascii=False)
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     """The position a cursor encodes; a problem (400) if it is not one of ours."""
     try:
-        if len(cursor) > _MAX_CURSOR:
+        if len(cursor) > MAX_CURSOR:
             raise ValueError("too long")
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         moment, job_id = json.loads(raw)

@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from fairlane.api.auth import Caller, tenant_scope, visible
-from fairlane.api.cursor import decode_cursor, encode_cursor
+from fairlane.api.cursor import MAX_CURSOR, decode_cursor, encode_cursor
 from fairlane.api.models import (
     NO_CONTROL,
     ActorName,
@@ -147,7 +147,7 @@ def list_jobs(
     queue: Annotated[str | None, Query(min_length=1, max_length=255, pattern=NO_CONTROL)] = None,
     priority: Priority | None = None,
     tenant: Annotated[TenantId | None, Query(description="admin keys only")] = None,
-    cursor: Annotated[str | None, Query(max_length=200, pattern=NO_CONTROL)] = None,
+    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR, pattern=NO_CONTROL)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> JobPage:
     """Jobs matching every filter given; a tenant key sees its own tenant's only."""
