@@ -1,9 +1,9 @@
 """Job events for Server-Sent Events streams: one poller per API process, shared by every stream.
 
-A stream subscribes to its job's id. One thread reads the live part of every watched job
-(:meth:`~fairlane.ledger.jobs.JobStore.snapshots`: a single query, whatever the number of
-streams) every ``api_events_interval`` seconds and hands each changed snapshot to the
-streams of that job, on their own event loops. While nothing is watched it sleeps, so an
+A stream subscribes to its job's id. Every ``api_events_interval`` seconds one thread reads
+the live part of every watched job (:meth:`~fairlane.ledger.jobs.JobStore.snapshots`: one
+query per 1,000 watched jobs, however many streams watch each) and hands each changed
+snapshot to the streams of that job, on their own event loops. While nothing is watched it sleeps, so an
 idle API costs the ledger nothing. A stream gets ``None`` when its job is gone (purged).
 
 If the ledger cannot be read the poller logs it and tries again at the next tick: streams
@@ -20,6 +20,9 @@ import threading
 from fairlane.ledger.jobs import JobSnapshot, JobStore
 
 logger = logging.getLogger("fairlane.api")
+
+#: Job ids per ledger read (well under SQLite's and PostgreSQL's bound-parameter limits).
+_IDS_PER_QUERY = 1000
 
 
 class Subscription:
@@ -107,7 +110,9 @@ class JobEventHub:
             self._closed.wait(self.interval)
 
     def _poll(self, ids: list[str]) -> None:
-        snapshots = self.jobs.snapshots(ids)
+        snapshots: dict[str, JobSnapshot] = {}
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            snapshots.update(self.jobs.snapshots(ids[start : start + _IDS_PER_QUERY]))
         with self._lock:
             for job_id in ids:
                 if job_id not in self._subscribers:  # its last stream ended meanwhile
