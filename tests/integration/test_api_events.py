@@ -96,15 +96,17 @@ def test_stream_follows_a_job_reporting_progress_until_it_finishes(
         job_id = client.post("/v1/jobs", json={"actor": "ingest_batch"}).json()["id"]
 
         # When its event stream is followed while a worker runs it
-        events = []
-        with client.stream("GET", f"/v1/jobs/{job_id}/events") as stream, worker(threads=2):
+        with client.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
             assert stream.status_code == 200
             assert stream.headers["content-type"].startswith("text/event-stream")
-            for event in read_events(stream.iter_lines()):
-                events.append(event)
-                done = (event["data"]["progress"] or {}).get("done", 0)
-                for step in range(min(done, 2)):
-                    seen[step].set()
+            followed = read_events(stream.iter_lines())
+            events = [next(followed)]  # the state before any worker runs
+            with worker(threads=2):
+                for event in followed:
+                    events.append(event)
+                    done = (event["data"]["progress"] or {}).get("done", 0)
+                    for step in range(min(done, 2)):
+                        seen[step].set()
 
     # Then it began with the job's state, told each progress step in order, and ended succeeded
     assert events[0]["event"] == "state"
