@@ -215,6 +215,14 @@ def test_a_full_backlog_answers_429_with_retry_after(
         # And another tenant is not held back by it
         assert api.post("/v1/jobs", json=later, headers=as_globex).status_code == 202
 
+        # And a submission repeated with its idempotency key still gets its job, full backlog or not
+        keyed = {**later, "idempotency_key": "order-1"}
+        first = api.post("/v1/jobs", json=keyed, headers=as_globex)
+        api.post("/v1/jobs", json=later, headers=as_globex)
+        assert api.post("/v1/jobs", json=later, headers=as_globex).status_code == 429
+        repeat = api.post("/v1/jobs", json=keyed, headers=as_globex)
+        assert (repeat.status_code, repeat.json()["id"]) == (200, first.json()["id"])
+
 
 def test_a_key_over_its_request_rate_gets_429_with_retry_after(
     make_app: Callable[..., App], acme: str, globex: str

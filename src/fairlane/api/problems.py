@@ -198,6 +198,15 @@ def install_problem_handlers(api: FastAPI) -> None:
     api.add_exception_handler(Exception, _on_unexpected)
 
 
+_RETRY_AFTER = {
+    "Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}
+}
+
+
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for these error statuses (problem bodies)."""
-    return {status: {"model": Problem, "description": _TITLES.get(status, "Error")} for status in statuses}
+    return {
+        status: {"model": Problem, "description": _TITLES.get(status, "Error")}
+        | ({"headers": _RETRY_AFTER} if status in (429, 503) else {})
+        for status in statuses
+    }

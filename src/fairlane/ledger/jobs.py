@@ -245,6 +245,15 @@ class JobStore:
                 for row in connection.execute(query)
             }
 
+    def with_idempotency_key(self, tenant: str, key: str) -> Job | None:
+        """The job ``tenant`` submitted with idempotency key ``key``, if any."""
+        query = sa.select(*_JOB_COLUMNS).where(
+            jobs.c.tenant == tenant, jobs.c.idempotency_key == key, sa.text("idempotency_key IS NOT NULL")
+        )
+        with self.engine.connect() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else _job_from_row(row)
+
     def backlog_of(self, tenant: str) -> int:
         """How many of ``tenant``'s jobs wait in the ledger backlog (pending or retrying)."""
         query = sa.select(sa.func.count()).where(jobs.c.tenant == tenant, BACKLOG_PREDICATE)

@@ -94,8 +94,14 @@ def _message(actor: str, args: list[Any], kwargs: dict[str, Any], options: dict[
 def submit_job(body: JobSubmission, key: Caller, services: Services, response: Response) -> JobView:
     """Accept a job for the key's tenant (``202`` and ``Location``), validated as ``send()`` does.
 
-    A repeated ``idempotency_key`` of the tenant answers ``200`` with the job it created.
+    A repeated ``idempotency_key`` of the tenant answers ``200`` with the job it created (even
+    while the tenant's backlog is full: a client retrying a submission gets its job).
     """
+    if body.idempotency_key is not None:
+        existing = services.app.jobs.with_idempotency_key(key.tenant, body.idempotency_key)
+        if existing is not None:
+            response.status_code = 200
+            return JobView.of(existing)
     _check_backlog(services, key.tenant, 1)
     options: dict[str, Any] = {"tenant": key.tenant, "cost": body.cost}
     if body.priority is not None:
