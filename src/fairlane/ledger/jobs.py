@@ -80,7 +80,6 @@ class JobSnapshot:
     """The part of a job that changes while it runs; ``updated_at`` moves with every change."""
 
     id: str
-    tenant: str
     state: str
     attempts: int
     progress: dict[str, Any] | None
@@ -224,7 +223,6 @@ class JobStore:
             return {}
         query = sa.select(
             jobs.c.id,
-            jobs.c.tenant,
             jobs.c.state,
             jobs.c.attempts,
             jobs.c.progress,
@@ -235,7 +233,6 @@ class JobStore:
             return {
                 row.id: JobSnapshot(
                     id=row.id,
-                    tenant=row.tenant,
                     state=row.state,
                     attempts=row.attempts,
                     progress=row.progress,
@@ -254,9 +251,11 @@ class JobStore:
             row = connection.execute(query).first()
         return None if row is None else _job_from_row(row)
 
-    def backlog_of(self, tenant: str) -> int:
-        """How many of ``tenant``'s jobs wait in the ledger backlog (pending or retrying)."""
-        query = sa.select(sa.func.count()).where(jobs.c.tenant == tenant, BACKLOG_PREDICATE)
+    def backlog_of(self, tenant: str, *, up_to: int) -> int:
+        """How many of ``tenant``'s jobs wait in the ledger backlog (pending or retrying), counted
+        up to ``up_to``: a check against a cap reads no further than the cap."""
+        waiting = sa.select(jobs.c.id).where(jobs.c.tenant == tenant, BACKLOG_PREDICATE).limit(up_to)
+        query = sa.select(sa.func.count()).select_from(waiting.subquery())
         with self.engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
 

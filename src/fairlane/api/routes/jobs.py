@@ -65,13 +65,14 @@ def visible_job(services: ApiState, key: ApiKey, job_id: str) -> Job:
 
 def _check_backlog(services: ApiState, tenant: str, adding: int) -> None:
     cap = services.app.settings.api_tenant_max_backlog
-    backlog = services.app.jobs.backlog_of(tenant)
+    backlog = services.app.jobs.backlog_of(tenant, up_to=cap)
     if backlog + adding > cap:
+        counted = f"at least {backlog}" if backlog == cap else str(backlog)
         raise ApiProblem(
             429,
             "backlog-full",
             "Backlog full",
-            f"tenant {tenant!r} has {backlog} jobs waiting; the cap is {cap} "
+            f"tenant {tenant!r} has {counted} jobs waiting; the cap is {cap} "
             "(FAIRLANE_API_TENANT_MAX_BACKLOG): wait for them to run",
             headers={"Retry-After": str(BACKLOG_RETRY_AFTER)},
         )
