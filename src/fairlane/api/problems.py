@@ -96,14 +96,14 @@ _INVALID_JOB_FIELDS = (
 _BATCH_INDEX = re.compile(r"^message (\d+): ")
 
 
-def invalid_job(error: InvalidJob, *, prefix: str = "") -> ApiProblem:
-    """The 422 of a job ``send()`` refused, naming the field when the message says which."""
+def invalid_job(error: InvalidJob) -> ApiProblem:
+    """The 422 of a job ``send()`` refused, naming the field when the message says which
+    (``jobs.<i>.<field>`` for the i-th job of a batch)."""
     detail = str(error)
     index = _BATCH_INDEX.match(detail)
     rest = detail[index.end() :] if index else detail
     field = next((name for start, name in _INVALID_JOB_FIELDS if rest.startswith(start)), None)
-    if index:
-        prefix = f"{prefix}jobs.{index.group(1)}."
+    prefix = f"jobs.{index.group(1)}." if index else ""
     return ApiProblem(422, "invalid-job", "Invalid job", detail, field=f"{prefix}{field}" if field else None)
 
 

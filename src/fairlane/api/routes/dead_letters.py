@@ -14,13 +14,13 @@ from fastapi import APIRouter, Query
 from fairlane import dead_letters
 from fairlane.api.auth import Admin, Caller, tenant_scope
 from fairlane.api.models import (
-    NO_CONTROL,
     ActorName,
     Count,
     DeadLetterFilter,
     DeadLetterView,
     JobView,
     PurgeFilter,
+    QueueName,
     RawDeadLetterView,
     TenantId,
 )
@@ -39,7 +39,7 @@ def list_dead_letters(
     key: Caller,
     services: Services,
     actor: ActorName | None = None,
-    queue: Annotated[str | None, Query(min_length=1, max_length=255, pattern=NO_CONTROL)] = None,
+    queue: QueueName | None = None,
     tenant: Annotated[TenantId | None, Query(description="admin keys only")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[JobView]:
@@ -54,7 +54,7 @@ def list_dead_letters(
 def list_raw_dead_letters(
     _key: Admin,
     services: Services,
-    queue: Annotated[str | None, Query(min_length=1, max_length=255, pattern=NO_CONTROL)] = None,
+    queue: QueueName | None = None,
 ) -> list[RawDeadLetterView]:
     """Messages RabbitMQ holds in dead-letter queues that no ledger row describes (undecodable
     bodies, sends from plain Dramatiq), read without removing them; purge removes them by age."""

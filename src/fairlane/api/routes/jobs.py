@@ -32,6 +32,7 @@ from fairlane.api.models import (
     JobSubmission,
     JobView,
     Priority,
+    QueueName,
     State,
     TenantId,
 )
@@ -151,7 +152,7 @@ def list_jobs(
     services: Services,
     state: State | None = None,
     actor: ActorName | None = None,
-    queue: Annotated[str | None, Query(min_length=1, max_length=255, pattern=NO_CONTROL)] = None,
+    queue: QueueName | None = None,
     priority: Priority | None = None,
     tenant: Annotated[TenantId | None, Query(description="admin keys only")] = None,
     cursor: Annotated[str | None, Query(max_length=MAX_CURSOR, pattern=NO_CONTROL)] = None,

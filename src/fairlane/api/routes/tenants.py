@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi import Path as PathParam
 
 from fairlane.api.auth import Admin, Caller, tenant_scope
-from fairlane.api.models import NO_CONTROL, LaneView, TenantUpdate, TenantView
+from fairlane.api.models import NO_CONTROL, LaneView, QueueName, TenantUpdate, TenantView
 from fairlane.api.problems import ApiProblem, problem_responses
 from fairlane.api.state import Services
 from fairlane.errors import InvalidJob
@@ -22,11 +22,9 @@ from fairlane.validation import MAX_TENANT_LENGTH, check_tenant
 
 router = APIRouter(tags=["tenants and queues"], responses=problem_responses(401, 429))
 
-QueueName = Annotated[str | None, Query(min_length=1, max_length=255, pattern=NO_CONTROL)]
-
 
 @router.get("/v1/tenants", summary="Tenants' load and settings", responses=problem_responses(422))
-def list_tenants(key: Caller, services: Services, queue: QueueName = None) -> list[TenantView]:
+def list_tenants(key: Caller, services: Services, queue: QueueName | None = None) -> list[TenantView]:
     """Backlog, jobs in flight, weight, cap and recent start waits per tenant, busiest first."""
     scope = tenant_scope(key, None)
     rows = TenantStore(services.app.engine).stats(queue)
