@@ -30,7 +30,9 @@ from fairlane.api.state import Services
 from fairlane.ledger.database import utcnow
 from fairlane.ledger.schema import DEAD
 
-router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"], responses=problem_responses(401, 429))
+router = APIRouter(
+    prefix="/v1/dead-letters", tags=["dead letters"], responses=problem_responses(400, 401, 429)
+)
 _ADMIN_ERRORS = problem_responses(403, 422)
 
 

@@ -42,7 +42,7 @@ from fairlane.errors import InvalidJob
 from fairlane.ledger.api_keys import ApiKey
 from fairlane.ledger.jobs import Job, JobNotFound, JobSnapshot, list_position
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 429))
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(400, 401, 429))
 
 #: Seconds a client over its tenant's backlog cap is told to wait: backlogs drain in seconds
 #: to minutes, and a shorter hint only turns a full backlog into a busy loop of refusals.

@@ -19,7 +19,7 @@ logger = logging.getLogger("fairlane.api")
 
 KeyId = Annotated[str, PathParam(min_length=1, max_length=32, pattern=NO_CONTROL)]
 
-router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=problem_responses(401, 403, 429))
+router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=problem_responses(400, 401, 403, 429))
 
 
 @router.get("", summary="List API keys")

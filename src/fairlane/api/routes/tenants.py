@@ -20,7 +20,7 @@ from fairlane.ledger.lane_stats import lane_stats
 from fairlane.ledger.tenants import TenantStore
 from fairlane.validation import MAX_TENANT_LENGTH, check_tenant
 
-router = APIRouter(tags=["tenants and queues"], responses=problem_responses(401, 429))
+router = APIRouter(tags=["tenants and queues"], responses=problem_responses(400, 401, 429))
 
 
 @router.get("/v1/tenants", summary="Tenants' load and settings", responses=problem_responses(422))
