@@ -1,4 +1,4 @@
-"""The ``fairlane`` command: worker, ingress, scheduler, jobs, tenants, dead letters and the demo."""
+"""The ``fairlane`` command: worker, ingress, api, keys, scheduler, jobs, tenants, dead letters and the demo."""
 
 from __future__ import annotations
 
@@ -287,6 +287,59 @@ def _cmd_tenants_set(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- api and keys ---------------------------------------------------------------------------------------
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    from fairlane.api.server import serve
+
+    return serve(args.modules, host=args.host, port=args.port, workers=args.workers)
+
+
+def _cmd_keys_create(args: argparse.Namespace) -> int:
+    from fairlane.ledger.api_keys import ApiKeyStore
+    from fairlane.validation import check_tenant
+
+    record, key = ApiKeyStore(get_app().engine).create(
+        check_tenant(args.tenant), admin=args.admin, name=args.name
+    )
+    kind = "admin key" if record.admin else "key"
+    console.print(f"{kind} {record.prefix} for tenant {record.tenant} (shown once, store it now):")
+    print(key)
+    return 0
+
+
+def _cmd_keys_list(args: argparse.Namespace) -> int:
+    from fairlane.ledger.api_keys import ApiKeyStore
+
+    records = ApiKeyStore(get_app().engine).list(include_revoked=args.all)
+    table = Table(title=f"{len(records)} API keys")
+    for column in ("key", "tenant", "admin", "name", "created", "revoked"):
+        table.add_column(column, no_wrap=column == "key")
+    for record in records:
+        table.add_row(
+            record.prefix,
+            record.tenant,
+            "yes" if record.admin else "",
+            record.name,
+            _when(record.created_at),
+            _when(record.revoked_at) if record.revoked_at else "",
+        )
+    console.print(table)
+    return 0
+
+
+def _cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from fairlane.ledger.api_keys import ApiKeyStore
+
+    record = ApiKeyStore(get_app().engine).revoke(args.key_id)
+    if record is None:
+        console.print(f"[red]no API key {args.key_id}[/]")
+        return 1
+    console.print(f"key {record.prefix} (tenant {record.tenant}) revoked")
+    return 0
+
+
 # -- demo -----------------------------------------------------------------------------------------------
 
 
@@ -378,6 +431,26 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--cap", type=int)
     cap.add_argument("--no-cap", action="store_true", help="back to the queue's default cap")
     tenant_set.set_defaults(handler=_cmd_tenants_set)
+
+    api = commands.add_parser("api", help="serve the HTTP API (MODULEs declare actors, as for a worker)")
+    api.add_argument("modules", nargs="*", metavar="MODULE")
+    api.add_argument("--host", help="address to listen on (FAIRLANE_API_HOST, default 127.0.0.1)")
+    api.add_argument("--port", type=int, choices=range(1, 65536), metavar="PORT", help="FAIRLANE_API_PORT")
+    api.add_argument("--workers", type=int, choices=range(1, 65), metavar="N", help="FAIRLANE_API_WORKERS")
+    api.set_defaults(handler=_cmd_api)
+
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
+    key_create = keys.add_parser("create", help="create a key and print it (once)")
+    key_create.add_argument("--tenant", required=True)
+    key_create.add_argument("--admin", action="store_true", help="sees all tenants, manages them")
+    key_create.add_argument("--name", default="", help="what the key is for")
+    key_create.set_defaults(handler=_cmd_keys_create)
+    key_list = keys.add_parser("list", help="keys (never the keys themselves: their fl_<id> prefix)")
+    key_list.add_argument("--all", action="store_true", help="revoked keys too")
+    key_list.set_defaults(handler=_cmd_keys_list)
+    key_revoke = keys.add_parser("revoke", help="revoke a key by its fl_<id> prefix")
+    key_revoke.add_argument("key_id", metavar="KEY_ID")
+    key_revoke.set_defaults(handler=_cmd_keys_revoke)
 
     demo = commands.add_parser("demo", help="a mixed multi-tenant workload on an embedded worker")
     demo.add_argument("--seconds", type=float, default=45.0, help="upper bound on the demo's run time")

@@ -170,6 +170,26 @@ class Settings(BaseSettings):
     """prometheus-client multiprocess directory of a worker pod, wiped when the pod starts."""
     heartbeat_log_interval: float = Field(default=30, gt=0)
 
+    # -- HTTP API (``fairlane api``) ------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    """Address ``fairlane api`` listens on (``0.0.0.0`` in a container)."""
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    api_workers: int = Field(default=1, ge=1, le=64)
+    """uvicorn worker processes of ``fairlane api``; each has its own rate limiter and event poller."""
+    api_modules: Annotated[tuple[str, ...], NoDecode] = ()
+    """Modules (comma-separated) the API imports to declare actors, as a worker does; actors no
+    module declares are validated against the catalog the workers publish."""
+    api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    """Largest request body the API reads (a batch of 1,000 jobs included); larger: 413."""
+    api_rate_limit: float = Field(default=50, gt=0, le=100_000)
+    """Requests per second one API key may make to one API process (a token bucket)."""
+    api_rate_burst: int = Field(default=100, ge=1, le=1_000_000)
+    """Requests one API key may make at once before ``api_rate_limit`` applies."""
+    api_tenant_max_backlog: int = Field(default=100_000, ge=1)
+    """Most jobs one tenant may have waiting (pending or retrying) before submissions get 429."""
+    api_events_interval: float = Field(default=0.5, gt=0, le=60)
+    """Seconds between the ledger reads of an API process's one Server-Sent Events poller."""
+
     @field_validator("broker_url")
     @classmethod
     def _check_broker_url(cls, value: str) -> str:
@@ -184,7 +204,7 @@ class Settings(BaseSettings):
             raise ValueError("must be sqlite:///PATH or postgresql://…")
         return value
 
-    @field_validator("lanes", "webhook_allowed_networks", mode="before")
+    @field_validator("lanes", "webhook_allowed_networks", "api_modules", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):

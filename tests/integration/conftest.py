@@ -10,9 +10,12 @@ from typing import Any
 
 import dramatiq
 import pytest
+from fastapi.testclient import TestClient
 
 import fairlane
+from fairlane.api import create_api
 from fairlane.app import App
+from fairlane.ledger.api_keys import ApiKeyStore
 from fairlane.worker import running_worker
 
 
@@ -38,6 +41,7 @@ def make_app(broker_url: str, ledger_url: str, tmp_path: Path) -> Iterator[Calla
             "cancel_poll_interval": 0.05,
             "min_backoff": 20,
             "max_backoff": 200,
+            "api_events_interval": 0.05,
         }
         values.update(overrides)
         app = fairlane.configure(fairlane.Settings(**values))
@@ -69,3 +73,22 @@ def worker(app: App) -> Callable[..., AbstractContextManager[dramatiq.Worker]]:
         return running_worker(app, threads, shutdown_timeout=10)
 
     return _start
+
+
+@pytest.fixture
+def api(app: App) -> Iterator[TestClient]:
+    """An HTTP client of this test's app's API (in-process, lifespan included)."""
+    with TestClient(create_api(app)) as client:
+        yield client
+
+
+@pytest.fixture
+def key_headers(app: App) -> Callable[..., dict[str, str]]:
+    """Create an API key in this test's ledger and return its request headers:
+    ``key_headers("acme")``, ``key_headers("ops", admin=True)``."""
+
+    def _create(tenant: str, *, admin: bool = False) -> dict[str, str]:
+        _record, key = ApiKeyStore(app.engine).create(tenant, admin=admin)
+        return {"Authorization": f"Bearer {key}"}
+
+    return _create

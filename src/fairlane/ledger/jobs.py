@@ -18,6 +18,7 @@ from fairlane.fairlane_error import FairlaneError
 from fairlane.ledger import transitions
 from fairlane.ledger.database import as_utc, utcnow
 from fairlane.ledger.schema import (
+    BACKLOG_PREDICATE,
     CANCELLED,
     DEAD,
     DISPATCHED,
@@ -73,6 +74,28 @@ class Job:
     def finished(self) -> bool:
         """True once the job is succeeded, dead or cancelled."""
         return self.state in FINAL_STATES
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSnapshot:
+    """The part of a job that changes while it runs; ``updated_at`` moves with every change."""
+
+    id: str
+    state: str
+    attempts: int
+    progress: dict[str, Any] | None
+    cancel_requested: bool
+    updated_at: datetime
+
+    @property
+    def finished(self) -> bool:
+        """True once the job is succeeded, dead or cancelled."""
+        return self.state in FINAL_STATES
+
+
+def list_position(job: Job) -> tuple[datetime, str]:
+    """Where ``job`` sits in :meth:`JobStore.list`'s order (its ``before_position`` for the next page)."""
+    return job.enqueued_at, job.id
 
 
 class StartDecision(enum.Enum):
@@ -167,23 +190,31 @@ class JobStore:
         state: str | None = None,
         actor: str | None = None,
         queue: str | None = None,
+        priority: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        before_position: tuple[datetime, str] | None = None,
     ) -> _List[Job]:
         """Jobs matching every given filter, newest first.
 
-        Pages are keyset-based: pass the last job id of a page as ``before`` to get the next.
+        Pages are keyset-based: pass the last job id of a page as ``before`` to get the next,
+        or its :func:`list_position` as ``before_position`` (which needs no row to look up, so
+        it still works once that job has been cleaned up).
         """
         if state is not None and state not in STATES:
             raise ValueError(f"unknown state {state!r}; expected one of {', '.join(STATES)}")
         if not 1 <= limit <= 1000:
             raise ValueError("limit must be between 1 and 1000")
         query = sa.select(*_JOB_COLUMNS)
-        for column, value in ((jobs.c.tenant, tenant), (jobs.c.state, state), (jobs.c.actor, actor)):
+        for column, value in (
+            (jobs.c.tenant, tenant),
+            (jobs.c.state, state),
+            (jobs.c.actor, actor),
+            (jobs.c.queue, queue),
+            (jobs.c.lane, priority),
+        ):
             if value is not None:
                 query = query.where(column == value)
-        if queue is not None:
-            query = query.where(jobs.c.queue == queue)
         with self.engine.connect() as connection:
             if before is not None:
                 anchor = connection.execute(
@@ -191,14 +222,60 @@ class JobStore:
                 ).scalar_one_or_none()
                 if anchor is None:
                     raise JobNotFound(f"no job with id {before!r} to page from")
+                before_position = (anchor, before)
+            if before_position is not None:
+                moment, last_id = before_position
                 query = query.where(
                     sa.or_(
-                        jobs.c.enqueued_at < anchor,
-                        sa.and_(jobs.c.enqueued_at == anchor, jobs.c.id < before),
+                        jobs.c.enqueued_at < moment,
+                        sa.and_(jobs.c.enqueued_at == moment, jobs.c.id < last_id),
                     )
                 )
             query = query.order_by(jobs.c.enqueued_at.desc(), jobs.c.id.desc()).limit(limit)
             return [_job_from_row(row) for row in connection.execute(query)]
+
+    def snapshots(self, job_ids: Iterable[str]) -> dict[str, JobSnapshot]:
+        """The live part (state, attempts, progress…) of each of ``job_ids`` that exists, in one query."""
+        ids = _List(job_ids)
+        if not ids:
+            return {}
+        query = sa.select(
+            jobs.c.id,
+            jobs.c.state,
+            jobs.c.attempts,
+            jobs.c.progress,
+            jobs.c.cancel_requested,
+            jobs.c.updated_at,
+        ).where(jobs.c.id.in_(ids))
+        with self.engine.connect() as connection:
+            return {
+                row.id: JobSnapshot(
+                    id=row.id,
+                    state=row.state,
+                    attempts=row.attempts,
+                    progress=row.progress,
+                    cancel_requested=bool(row.cancel_requested),
+                    updated_at=as_utc(row.updated_at),  # type: ignore[arg-type]
+                )
+                for row in connection.execute(query)
+            }
+
+    def with_idempotency_key(self, tenant: str, key: str) -> Job | None:
+        """The job ``tenant`` submitted with idempotency key ``key``, if any."""
+        query = sa.select(*_JOB_COLUMNS).where(
+            jobs.c.tenant == tenant, jobs.c.idempotency_key == key, sa.text("idempotency_key IS NOT NULL")
+        )
+        with self.engine.connect() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else _job_from_row(row)
+
+    def backlog_of(self, tenant: str, *, up_to: int) -> int:
+        """How many of ``tenant``'s jobs wait in the ledger backlog (pending or retrying), counted
+        up to ``up_to``: a check against a cap reads no further than the cap."""
+        waiting = sa.select(jobs.c.id).where(jobs.c.tenant == tenant, BACKLOG_PREDICATE).limit(up_to)
+        query = sa.select(sa.func.count()).select_from(waiting.subquery())
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
 
     def message_of(self, job_id: str) -> str:
         """The encoded Dramatiq message stored for a job."""
@@ -337,7 +414,9 @@ __all__ = [
     "Job",
     "JobError",
     "JobNotFound",
+    "JobSnapshot",
     "JobStore",
     "Start",
     "StartDecision",
+    "list_position",
 ]

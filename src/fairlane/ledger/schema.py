@@ -218,3 +218,18 @@ scheduler_tasks = sa.Table(
     _ts("last_success_at"),
     _ts("last_failure_at"),
 )
+
+#: API keys of ``fairlane api``. Only a SHA-256 digest of each key is stored (the key itself is
+#: shown once, when created); ``id`` is the short public part every key starts with
+#: (``fl_<id>_<secret>``), so a key can be named in listings and logs without revealing it.
+api_keys = sa.Table(
+    "fairlane_api_keys",
+    metadata,
+    sa.Column("id", sa.String(16), primary_key=True),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("tenant", sa.String(128), nullable=False),
+    sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("name", sa.String(255), nullable=False, server_default=""),
+    _ts("created_at", nullable=False),
+    _ts("revoked_at"),
+)
