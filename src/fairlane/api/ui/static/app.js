@@ -446,10 +446,10 @@ function jobView(jobId) {
     live.textContent = "● live";
     try {
       await followJob(job.id, (data) => {
-        const stateChanged = data.state !== job.state;
+        const actionsChanged = data.state !== job.state || data.cancel_requested !== job.cancel_requested;
         job = { ...job, ...data };
         showLive(job);
-        if (stateChanged) showActions();
+        if (actionsChanged) showActions();
       }, controller.signal);
       // Finished: read it whole once more (error, result, timestamps).
       job = await getJson(`/v1/jobs/${encodeURIComponent(jobId)}`, { signal: controller.signal });
