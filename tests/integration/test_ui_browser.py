@@ -471,8 +471,18 @@ def test_a_tenant_key_never_sees_another_tenants_job(
     # When that tenant signs out
     page.get_by_role("button", name="Sign out").click()
 
-    # Then the key is gone from the tab
+    # Then the key is gone from the tab, and so are the views
     expect(page.get_by_label("API key")).to_be_focused()
+    assert page.evaluate("() => sessionStorage.length") == 0
+    expect(page.get_by_role("navigation", name="Main")).to_be_hidden()
+    expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
+
+    # When a key that does not exist is tried
+    page.get_by_label("API key").fill("fl_00000000_not-a-key")
+    page.get_by_label("API key").press("Enter")
+
+    # Then the page says so and keeps nothing
+    expect(page.get_by_role("alert")).to_have_text("This key is unknown or revoked.")
     assert page.evaluate("() => sessionStorage.length") == 0
 
     # When an admin signs in and filters by the other tenant
