@@ -17,8 +17,10 @@ install: $(STAMP)
 services:
 	.ci/services
 
+# promtool checks the alert rules; Debian's chromium runs the /ui/ browser tests (Playwright drives it).
 tools:
 	@command -v promtool >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null)
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 run: install services
 	$(BIN)/fairlane demo

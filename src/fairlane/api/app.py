@@ -22,6 +22,7 @@ from fairlane.api.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
 from fairlane.api.rate_limit import TokenBuckets
 from fairlane.api.routes import dead_letters, health, jobs, keys, tenants
 from fairlane.api.state import ApiState
+from fairlane.api.ui import router as ui_router
 from fairlane.app import App
 from fairlane.ledger.api_keys import ApiKeyStore
 
@@ -58,6 +59,7 @@ def create_api(app: App) -> FastAPI:
     install_problem_handlers(api)
     for router in (jobs.router, dead_letters.router, tenants.router, keys.router, health.router):
         api.include_router(router)
+    api.include_router(ui_router)
     api.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     api.add_middleware(RequestMetrics)
     api.openapi = lambda: _openapi(api)  # type: ignore[method-assign]
