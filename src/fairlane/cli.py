@@ -1,4 +1,4 @@
-"""The ``fairlane`` command: worker, ingress, api, keys, scheduler, jobs, tenants, dead letters and the demo."""
+"""The ``fairlane`` command: worker, ingress, api, keys, scheduler, jobs, tenants, dead letters, demo."""
 
 from __future__ import annotations
 
