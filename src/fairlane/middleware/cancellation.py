@@ -39,6 +39,8 @@ class Cancellation(Middleware):
         self.writer = writer
         self.poll_interval = poll_interval
         self._running: dict[int, str] = {}
+        #: Running jobs whose start the ledger refused, to interrupt at the next check.
+        self._refused: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -72,12 +74,14 @@ class Cancellation(Middleware):
     after_skip_message = after_process_message
 
     def interrupt_cancelled(self) -> int:
-        """Interrupt every running job of this process whose cancel was requested; returns how many."""
+        """Interrupt every running job of this process whose cancel was requested, or whose
+        start the ledger refused (see :meth:`interrupt`); returns how many."""
         with self._lock:
             running = dict(self._running)
+            refused, self._refused = self._refused, set()
         if not running:
             return 0
-        requested = self.jobs.cancel_requested_among(running.values())
+        requested = refused | self.jobs.cancel_requested_among(set(running.values()) - refused)
         with self._lock:
             targets = [thread for thread, job_id in self._running.items() if job_id in requested]
             for thread_id in targets:
@@ -86,19 +90,18 @@ class Cancellation(Middleware):
                 raise_thread_exception(thread_id, JobCancelled)
         return len(targets)
 
-    def interrupt(self, job_id: str) -> bool:
-        """Interrupt ``job_id`` if a thread of this process runs it; returns whether one did.
+    def interrupt(self, job_id: str) -> None:
+        """Interrupt ``job_id`` at the watcher's next check, if a thread of this process still runs it.
 
         For a job that started before its start was recorded and whose start the ledger then
-        refused (cancelled meanwhile, or started elsewhere): it ends without a trace in the ledger.
+        refused (cancelled meanwhile, or started elsewhere): its outcome leaves no trace in the
+        ledger either way. Not at once: a job that ends before the next check (most do) is never
+        interrupted, since every exception raised in another thread risks landing somewhere
+        unfortunate (a lock held for good).
         """
         with self._lock:
-            for thread_id, running in self._running.items():
-                if running == job_id:
-                    del self._running[thread_id]
-                    raise_thread_exception(thread_id, JobCancelled)
-                    return True
-        return False
+            if job_id in self._running.values():
+                self._refused.add(job_id)
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_interval):
