@@ -93,8 +93,11 @@ def postgres_server_url() -> Iterator[str]:
 def postgres_url(postgres_server_url: str) -> Iterator[str]:
     """A private database for this test run, dropped afterwards."""
     name = f"fairlane_test_{RUN_ID}"
+    # pre-ping: the chaos suite restarts PostgreSQL, which ends the pooled connection of this engine
     admin = sa.create_engine(
-        postgres_server_url.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
+        postgres_server_url.replace("postgresql://", "postgresql+psycopg://", 1),
+        isolation_level="AUTOCOMMIT",
+        pool_pre_ping=True,
     )
     with admin.connect() as connection:
         connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
