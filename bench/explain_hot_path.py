@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                     "run_at": now,
                     "eligible": True,
                     "budget": 32,
+                    "overtake_budget": 48,
                     "fair": True,
                     "increment": 1.0,
                     "fifo_pass": 0.0,
@@ -206,23 +207,30 @@ def main(argv: list[str] | None = None) -> int:
                     ]
                 },
             )
+            # Finishes of running jobs, jobs started and finished in the same write (their start
+            # was not flushed yet), and starts, as a busy worker's flush holds them.
+            starts, ran = dispatched[:4], dispatched[4:]
+            finished = running + ran
             _explain(
                 connection,
-                "worker flush: 8 finishes and 8 starts in one statement",
+                f"worker flush: {len(running)} finishes, {len(ran)} start-and-finish writes and "
+                f"{len(starts)} starts in one statement",
                 FLUSH_PG,
                 {
                     "now": now,
                     "worker": "w:2",
-                    "finish_ids": running,
-                    "states": ["succeeded"] * len(running),
-                    "results": ["null"] * len(running),
-                    "result_paths": [None] * len(running),
-                    "error_types": [None] * len(running),
-                    "error_messages": [None] * len(running),
-                    "error_tracebacks": [None] * len(running),
-                    "run_ats": [None] * len(running),
-                    "start_ids": dispatched,
-                    "restart": [False] * len(dispatched),
+                    "finish_ids": finished,
+                    "states": ["succeeded"] * len(finished),
+                    "results": ["null"] * len(finished),
+                    "result_paths": [None] * len(finished),
+                    "error_types": [None] * len(finished),
+                    "error_messages": [None] * len(finished),
+                    "error_tracebacks": [None] * len(finished),
+                    "run_ats": [None] * len(finished),
+                    "messages": [None] * len(finished),
+                    "starting": [job_id in ran for job_id in finished],
+                    "start_ids": starts,
+                    "restart": [False] * len(starts),
                 },
             )
         engine.dispose()
