@@ -59,8 +59,12 @@ def declare_doomed(queue: str) -> fairlane.Actor[Any]:
 
     @fairlane.actor(queue_name=queue, max_retries=1)
     def doomed_step(marker_dir: str) -> None:
-        """Leave its ``started`` marker, then SIGKILL the process running it (as an OOM kill would)."""
+        """Leave its ``started`` marker, then, once the ledger has recorded its start (as for a
+        job killed after it ran a while), SIGKILL the process running it (as an OOM kill would)."""
         _mark(marker_dir, "started")
+        job_id, deadline = fairlane.current_job().id, time.monotonic() + _HOLD_LIMIT
+        while fairlane.jobs.get(job_id).state != "running" and time.monotonic() < deadline:
+            time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGKILL)
 
     return doomed_step
