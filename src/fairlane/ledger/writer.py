@@ -301,11 +301,16 @@ class LedgerWriter:
             started, known, ran = self._flush_sqlite(finishes, starts, now)
         if lost_flushes:
             unstarted = [request.job_id for request in starts if request.job_id in known - started.keys()]
-            started.update(self._started_by_lost_flush(unstarted, lost_flushes))
             unfinished = [
                 request.job_id for request in finishes if request.starting and request.job_id not in ran
             ]
-            ran |= self._ran_by_lost_flush(unfinished, lost_flushes)
+            recorded = self._recorded_by_lost_flush([*unstarted, *unfinished], lost_flushes)
+            started.update(
+                (job_id, (row.attempts, row.next_run_at))
+                for job_id, row in recorded.items()
+                if job_id in unstarted and row.state == RUNNING and row.worker_id == self.worker_id
+            )
+            ran |= recorded.keys() & set(unfinished)
         for request in finishes:
             if request.starting and request.job_id not in ran:
                 logger.info("event=job_outcome_dropped job=%s reason='its start was refused'", request.job_id)
@@ -351,32 +356,19 @@ class LedgerWriter:
                 except Exception:
                     logger.exception("event=interrupt_failed job=%s", job_id)
 
-    def _started_by_lost_flush(
+    def _recorded_by_lost_flush(
         self, job_ids: Sequence[str], lost_flushes: Sequence[datetime]
     ) -> dict[str, Any]:
-        """Those of ``job_ids`` a flush of this writer started before its reply was lost:
-        running under this worker since one of ``lost_flushes``, as ``{id: (attempts, next_run_at)}``."""
+        """Those of ``job_ids`` whose start a flush of this writer recorded before its reply was
+        lost (started at one of ``lost_flushes``): their state, worker, attempts and next run."""
         if not job_ids:
             return {}
-        query = sa.select(jobs.c.id, jobs.c.attempts, jobs.c.next_run_at).where(
-            jobs.c.id.in_(list(job_ids)),
-            jobs.c.state == RUNNING,
-            jobs.c.worker_id == self.worker_id,
-            jobs.c.started_at.in_(list(lost_flushes)),
-        )
-        with self.engine.connect() as connection:
-            return {row.id: (row.attempts, row.next_run_at) for row in connection.execute(query)}
-
-    def _ran_by_lost_flush(self, job_ids: Sequence[str], lost_flushes: Sequence[datetime]) -> set[str]:
-        """Those of ``job_ids`` (started and finished in one write) that a flush of this writer
-        recorded before its reply was lost: started at one of ``lost_flushes``."""
-        if not job_ids:
-            return set()
-        query = sa.select(jobs.c.id).where(
+        columns = (jobs.c.id, jobs.c.state, jobs.c.worker_id, jobs.c.attempts, jobs.c.next_run_at)
+        query = sa.select(*columns).where(
             jobs.c.id.in_(list(job_ids)), jobs.c.started_at.in_(list(lost_flushes))
         )
         with self.engine.connect() as connection:
-            return set(connection.scalars(query))
+            return {row.id: row for row in connection.execute(query)}
 
     def _report_retries(self, finishes: Sequence[_Request]) -> None:
         due: dict[str, datetime] = {}
