@@ -10,10 +10,11 @@ flushes them in batches and then asks the dispatcher to refill the slots they fr
 this process has not heard cancelled, while the process hears every cancel (a PostgreSQL
 ledger, see :mod:`fairlane.notifications`), runs at once: its start is recorded by the
 writer's next flush, or with its finish in one write. Should the ledger refuse that start
-(a cancel this process had not heard yet, or a copy already running elsewhere), the job is
-interrupted and its outcome dropped. Any other message waits for its start to be flushed,
-and runs only if the ledger says it may: redelivered messages (whose job may be running or
-finished already), messages without a hint, and every message on SQLite.
+(a cancel this process had not heard yet, or a copy already running elsewhere), its outcome
+is dropped, and the job is interrupted if it still runs at the cancellation watcher's next
+check. Any other message waits for its start to be flushed, and runs only if the ledger says
+it may: redelivered messages (whose job may be running or finished already), messages without
+a hint, and every message on SQLite.
 """
 
 from __future__ import annotations
