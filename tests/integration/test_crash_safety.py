@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +34,7 @@ from fairlane.worker import running_worker
 
 from .process_actors import RELEASE
 from .support import eventually, lane_depth
-from .worker_processes import SHUTDOWN_TIMEOUT, STARTUP, WorkerProcesses, worker_environment
+from .worker_processes import SHUTDOWN_TIMEOUT, STARTUP, WorkerProcesses, spawned_workers
 
 THREADS = 8
 JOB_SECONDS = 0.02
@@ -98,36 +97,21 @@ class Pool(WorkerProcesses):
 
 @pytest.fixture
 def pool(broker_url: str, postgres_url: str, tmp_path: Path) -> Iterator[Pool]:
-    queue = f"crash_{uuid.uuid4().hex[:12]}"
     # The reaper (run here) calls a worker silent for 2 s dead (workers beat every 0.2 s), and
     # publishes again a job dispatched 2 s ago that no worker started.
-    app = fairlane.configure(
-        fairlane.Settings(
-            broker_url=broker_url,
-            database_url=postgres_url,
-            results_dir=tmp_path / "results",
-            admission_interval=0.05,
-            heartbeat_timeout=2.0,
-            dispatch_timeout=2.0,
-        )
-    )
-    env = worker_environment(
+    with spawned_workers(
+        Pool,
         broker_url,
         postgres_url,
         tmp_path,
-        queue,
+        "crash",
+        {"heartbeat_timeout": 2.0, "dispatch_timeout": 2.0},
         HEARTBEAT_INTERVAL="0.2",
         HEARTBEAT_TIMEOUT="2",
         METRICS_PORT="0",
         HEALTH_PORT="0",
-    )
-    spawned = Pool(app, queue, env, tmp_path)
-    try:
+    ) as spawned:
         yield spawned
-    finally:
-        spawned.stop_all()
-        app.close()
-        print(f"worker log tail:\n{spawned.log_text()[-5000:]}")  # shown when the test failed
 
 
 # -- crashes and stops -------------------------------------------------------------------------------

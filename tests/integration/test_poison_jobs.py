@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from fairlane.scheduling.reaper import run_reaper
 
 from .process_actors import declare_doomed
 from .support import eventually, lane_depth
-from .worker_processes import STARTUP, WorkerProcesses, worker_environment
+from .worker_processes import STARTUP, WorkerProcesses, spawned_workers
 
 
 class Workers(WorkerProcesses):
@@ -50,26 +49,17 @@ class Workers(WorkerProcesses):
 
 @pytest.fixture
 def workers(broker_url: str, postgres_url: str, tmp_path: Path) -> Iterator[Workers]:
-    queue = f"poison_{uuid.uuid4().hex[:12]}"
-    app = fairlane.configure(
-        fairlane.Settings(
-            broker_url=broker_url,
-            database_url=postgres_url,
-            results_dir=tmp_path / "results",
-            admission_interval=0.05,
-            heartbeat_timeout=2.0,
-        )
-    )
-    env = worker_environment(
-        broker_url, postgres_url, tmp_path, queue, PREFETCH_PER_THREAD="1", HEARTBEAT_INTERVAL="0.2"
-    )
-    spawned = Workers(app, queue, env, tmp_path)
-    try:
+    with spawned_workers(
+        Workers,
+        broker_url,
+        postgres_url,
+        tmp_path,
+        "poison",
+        {"heartbeat_timeout": 2.0},
+        PREFETCH_PER_THREAD="1",
+        HEARTBEAT_INTERVAL="0.2",
+    ) as spawned:
         yield spawned
-    finally:
-        spawned.stop_all()
-        app.close()
-        print(f"worker log tail:\n{spawned.log_text()[-5000:]}")  # shown when the test failed
 
 
 def test_a_job_that_kills_its_worker_is_dead_after_its_retries(workers: Workers) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import fairlane
 
 from .process_actors import RELEASE
 from .support import eventually, lane_depth
-from .worker_processes import SHUTDOWN_TIMEOUT, STARTUP, WorkerProcesses, worker_environment
+from .worker_processes import SHUTDOWN_TIMEOUT, STARTUP, WorkerProcesses, spawned_workers
 
 
 class Workers(WorkerProcesses):
@@ -58,26 +57,18 @@ class Workers(WorkerProcesses):
 
 @pytest.fixture
 def workers(broker_url: str, postgres_url: str, tmp_path: Path) -> Iterator[Workers]:
-    queue = f"proc_{uuid.uuid4().hex[:12]}"
-    app = fairlane.configure(
-        fairlane.Settings(
-            broker_url=broker_url,
-            database_url=postgres_url,
-            results_dir=tmp_path / "results",
-            admission_interval=0.05,
-        )
-    )
     # One message per thread: these tests count exactly which process holds which long job.
-    env = worker_environment(
-        broker_url, postgres_url, tmp_path, queue, CANCEL_POLL_INTERVAL="0.05", PREFETCH_PER_THREAD="1"
-    )
-    spawned = Workers(app, queue, env, tmp_path)
-    try:
+    with spawned_workers(
+        Workers,
+        broker_url,
+        postgres_url,
+        tmp_path,
+        "proc",
+        {},
+        CANCEL_POLL_INTERVAL="0.05",
+        PREFETCH_PER_THREAD="1",
+    ) as spawned:
         yield spawned
-    finally:
-        spawned.stop_all()
-        app.close()
-        print(f"worker log tail:\n{spawned.log_text()[-5000:]}")  # shown when the test failed
 
 
 def test_job_of_a_killed_worker_runs_again_on_a_new_worker(workers: Workers) -> None:

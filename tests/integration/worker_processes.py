@@ -7,8 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
+import fairlane
 from fairlane.app import App
 
 from .process_actors import QUEUE_VARIABLE, declare
@@ -34,6 +38,40 @@ def worker_environment(
         QUEUE_VARIABLE: queue,
         "PYTHONUNBUFFERED": "1",
     }
+
+
+_Processes = TypeVar("_Processes", bound="WorkerProcesses")
+
+
+@contextlib.contextmanager
+def spawned_workers(
+    kind: type[_Processes],
+    broker_url: str,
+    postgres_url: str,
+    tmp_path: Path,
+    prefix: str,
+    app_settings: dict[str, Any],
+    **worker_settings: str,
+) -> Iterator[_Processes]:
+    """A test's app on PostgreSQL (``app_settings`` over the defaults) and its worker processes
+    (``worker_settings`` as in :func:`worker_environment`) on a queue of its own; all stopped at
+    the end, the workers' log tail printed (pytest shows it when the test failed)."""
+    queue = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    settings: dict[str, Any] = {
+        "broker_url": broker_url,
+        "database_url": postgres_url,
+        "results_dir": tmp_path / "results",
+        "admission_interval": 0.05,
+    }
+    app = fairlane.configure(fairlane.Settings(**(settings | app_settings)))
+    env = worker_environment(broker_url, postgres_url, tmp_path, queue, **worker_settings)
+    spawned = kind(app, queue, env, tmp_path)
+    try:
+        yield spawned
+    finally:
+        spawned.stop_all()
+        app.close()
+        print(f"worker log tail:\n{spawned.log_text()[-5000:]}")
 
 
 class WorkerProcesses:
