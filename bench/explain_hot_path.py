@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import sys
 import time
@@ -109,11 +110,46 @@ def _load(url: str, finished: int, backlog: int) -> None:
         connection.execute("VACUUM ANALYZE fairlane_jobs")
 
 
-def _explain(connection: psycopg.Connection, title: str, sql: str, parameters: dict | None = None) -> None:
-    print(f"\n-- {title}")
+def _explain(
+    connection: psycopg.Connection,
+    title: str,
+    sql: str,
+    parameters: dict | None = None,
+    *,
+    generic: bool = False,
+) -> None:
+    """Print the plan of ``sql`` run once inside a transaction that is rolled back.
+
+    ``generic``: the plan of the statement prepared once and run with its generic plan, as the
+    hot path runs it (``prepare=True`` on connections with ``plan_cache_mode=force_generic_plan``).
+    """
+    print(f"\n-- {title}{' (prepared: its generic plan)' if generic else ''}")
     connection.execute("BEGIN")
     try:
-        rows = connection.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql, parameters or {}).fetchall()
+        if generic:
+            # The parameter types psycopg sends, read off its own prepare (whose run is undone).
+            connection.execute("SAVEPOINT probe")
+            connection.execute(sql, parameters or {}, prepare=True)
+            (types,) = connection.execute(
+                "SELECT parameter_types::text[] FROM pg_prepared_statements "
+                "ORDER BY prepare_time DESC LIMIT 1"
+            ).fetchone() or ([],)
+            connection.execute("ROLLBACK TO SAVEPOINT probe")
+            names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))  # psycopg numbers them so
+            numbered = re.sub(r"%\((\w+)\)s", lambda match: f"${names.index(match.group(1)) + 1}", sql)
+            connection.execute(f"PREPARE explained ({', '.join(types)}) AS {numbered}")
+            connection.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            values = [(parameters or {})[key] for key in names]
+            with psycopg.ClientCursor(connection) as cursor:
+                placeholders = ", ".join(["%s"] * len(values))
+                cursor.execute(
+                    f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE explained({placeholders})", values
+                )
+                rows = cursor.fetchall()
+        else:
+            rows = connection.execute(
+                "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql, parameters or {}
+            ).fetchall()
         for (line,) in rows:
             print(line)
     finally:
@@ -179,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                     "fifo_pass": 0.0,
                     "notify": True,
                 },
+                generic=True,
             )
             _explain(
                 connection,
@@ -232,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                     "start_ids": starts,
                     "restart": [False] * len(starts),
                 },
+                generic=True,
             )
         engine.dispose()
     finally:

@@ -43,6 +43,10 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
+#: A prepare threshold no statement reaches: only statements run with ``prepare=True`` are prepared.
+_NEVER = 2**62
+
+
 def create_ledger_engine(settings: Settings) -> sa.Engine:
     """Build the engine for ``settings.database_url``.
 
@@ -51,15 +55,16 @@ def create_ledger_engine(settings: Settings) -> sa.Engine:
     """
     if not settings.is_sqlite:
         # No pre-ping: it costs a round trip per checkout; stale connections are recycled instead.
-        # No automatic server-side prepares: a generic plan can't see which partial index fits the
-        # admission round's scans. The hot path's own statements (accept, the writer's batches) are
-        # prepared explicitly and always run their generic plan: planning them cost ~20x running them.
+        # No automatic server-side prepares (a threshold never reached; psycopg's None would also
+        # refuse the explicit ones): a generic plan can't see which partial index fits the admission
+        # round's scans. The hot path's own statements (accept, the writer's batches) are prepared
+        # explicitly and always run their generic plan: planning them cost about twice running them.
         return sa.create_engine(
             settings.sqlalchemy_url,
             pool_size=10,
             max_overflow=20,
             pool_recycle=1800,
-            connect_args={"prepare_threshold": None, "options": "-c plan_cache_mode=force_generic_plan"},
+            connect_args={"prepare_threshold": _NEVER, "options": "-c plan_cache_mode=force_generic_plan"},
         )
 
     path = settings.database_url.removeprefix("sqlite:///")
