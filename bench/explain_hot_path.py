@@ -35,7 +35,7 @@ from sqlalchemy.dialects import postgresql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from fairlane.ledger.admission import _ACCEPT_PG, Admission, _Statements
+from fairlane.ledger.admission import _ACCEPT_PG, _CLOSE_ROUND_PG, _OPEN_ROUND_PG, Admission, _Statements
 from fairlane.ledger.database import create_ledger_engine, migrate
 from fairlane.ledger.ratelimits import RateLimits
 from fairlane.ledger.transitions import FLUSH_PG
@@ -219,6 +219,19 @@ def main(argv: list[str] | None = None) -> int:
             )
             _explain(
                 connection,
+                "admission round, first statement: the turn, dispatched count, credits, due jobs (16 free)",
+                _OPEN_ROUND_PG[False],
+                {
+                    "queue": QUEUE,
+                    "lanes": ["urgent", "high", "normal", "low"],
+                    "budget": 48,
+                    "factor": 1,
+                    "share_ranks": [3],
+                },
+                generic=True,
+            )
+            _explain(
+                connection,
                 "admission round: the queue's turn and its dispatched count",
                 _literal(statements.try_lock_queue, p_queue=QUEUE),
             )
@@ -243,6 +256,27 @@ def main(argv: list[str] | None = None) -> int:
                         ).fetchall()
                     ]
                 },
+            )
+            _explain(
+                connection,
+                "admission round, second statement: dispatch the chosen jobs (16), advance the lane",
+                _CLOSE_ROUND_PG,
+                {
+                    "ids": [
+                        row[0]
+                        for row in connection.execute(
+                            "SELECT id FROM fairlane_jobs WHERE queue = %s "
+                            "AND state IN ('pending', 'retrying') "
+                            "ORDER BY lane_rank, stride_pass, id LIMIT 16",
+                            (QUEUE,),
+                        ).fetchall()
+                    ],
+                    "queue": QUEUE,
+                    "lanes": ["normal"],
+                    "times": [1.0],
+                    "credits": [0.0],
+                },
+                generic=True,
             )
             # Finishes of running jobs, jobs started and finished in the same write (their start
             # was not flushed yet), and starts, as a busy worker's flush holds them.

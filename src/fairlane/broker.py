@@ -373,7 +373,10 @@ class FairlaneBroker(FreshConnectionBroker):
         channel = self._transaction_channel()
         try:
             for job in admitted:
-                channel.basic_publish(
+                # The channel implementation's publish only buffers the frames: the commit below
+                # writes them all at once. (The blocking channel's own basic_publish flushes its
+                # socket once per message, which cost the worker ~40% of its dispatcher's CPU.)
+                channel._impl.basic_publish(
                     exchange="",
                     routing_key=self.lane_queue_name(queue, job.lane),
                     body=job.message.encode(),

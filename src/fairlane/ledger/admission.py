@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from psycopg.rows import namedtuple_row
 from sqlalchemy.dialects import postgresql, sqlite
 
 from fairlane.ledger import transitions
@@ -325,6 +326,8 @@ class Admission:
         dispatched without a message. A message published for a round that then failed to
         commit is harmless: its job still starts only once (see ``transitions.START``).
         """
+        if self._postgresql and not (self.settings.fairness and self._caps_apply(None, queue)):
+            return self._admit_pg(queue, budget, wait, publish)
         now = utcnow()
         with self.engine.begin() as connection:
             dispatched = self._lock_queue(connection, queue, wait)
@@ -355,6 +358,94 @@ class Admission:
                     publish(admitted)
         retry_at = min(state.blocked_keys.values()) if state.blocked_keys else None
         return Admitted(admitted, retry_at, state.deferred)
+
+    def _admit_pg(
+        self,
+        queue: str,
+        budget: int,
+        wait: bool,
+        publish: Callable[[list[AdmittedJob]], None] | None,
+    ) -> Admitted | None:
+        """A round on PostgreSQL where no tenant cap applies, in two prepared statements: one takes
+        the queue's turn and reads its dispatched count, lane credits and first due backlog jobs
+        (:data:`_OPEN_ROUND_PG`), the other dispatches the chosen jobs and advances the lanes
+        (:data:`_CLOSE_ROUND_PG`). Lanes below those found are read only when they are owed a share."""
+        with self.engine.begin() as connection:
+            self._ensure_queue_row(queue, connection)
+            driver = connection.connection.driver_connection
+            cursor = driver.cursor(row_factory=namedtuple_row)  # type: ignore[union-attr]
+            parameters = {
+                "queue": queue,
+                "lanes": list(self.lane_names),
+                "budget": budget,
+                "factor": 2 if self.rate_limits.budgets else 1,
+                "share_ranks": [rank for rank, share in enumerate(self.shares) if share > 0],
+            }
+            rows = cursor.execute(_OPEN_ROUND_PG[wait], parameters, prepare=True).fetchall()
+            if not rows:
+                return None
+            room = budget - rows[0].dispatched
+            if room <= 0:
+                return Admitted([])
+            state = _Round(room=room)
+            per_lane: list[list[Any]] = [[] for _ in self.lane_names]
+            for row in rows:
+                if row.id is not None:
+                    per_lane[row.lane_rank].append(row)
+            present = [rank for rank, lane_rows in enumerate(per_lane) if lane_rows]
+            if self.settings.fairness and present:
+                now = utcnow()
+                for rank in rows[0].owed_ranks or ():
+                    if rank > max(present):  # a lower lane with a share and due jobs
+                        per_lane[rank] = list(
+                            connection.execute(
+                                self._backlog_query(queue, now, [], room * parameters["factor"], rank)
+                            )
+                        )
+            contended = sum(1 for lane_rows in per_lane if lane_rows) > 1
+            stored = [float(credit or 0.0) for credit in rows[0].credits]
+            credits = list(stored) if contended else [0.0] * len(per_lane)
+            chosen = self._choose(connection, per_lane, credits, state, False)
+            admitted = [
+                AdmittedJob(row.id, row.lane, row.message, row.attempts + 1, as_utc(row.next_run_at))
+                for row in chosen
+            ]
+            if chosen:
+                cursor.execute(
+                    _CLOSE_ROUND_PG,
+                    self._close_parameters(queue, chosen, stored, credits, contended),
+                    prepare=True,
+                )
+                if publish is not None:
+                    publish(admitted)
+        retry_at = min(state.blocked_keys.values()) if state.blocked_keys else None
+        return Admitted(admitted, retry_at, state.deferred)
+
+    def _close_parameters(
+        self, queue: str, chosen: list[Any], stored: list[float], credits: list[float], contended: bool
+    ) -> dict[str, Any]:
+        """What :data:`_CLOSE_ROUND_PG` writes: the chosen jobs, and per lane touched its newest
+        pass (the lane's virtual time moves up to it) and its credit (changed only if contended)."""
+        touched: dict[int, float] = {}
+        if self.settings.fairness:
+            for row in chosen:
+                touched[row.lane_rank] = max(touched.get(row.lane_rank, 0.0), row.stride_pass)
+            if contended:
+                touched.update(
+                    {
+                        rank: touched.get(rank, 0.0)
+                        for rank, credit in enumerate(credits)
+                        if credit != stored[rank]
+                    }
+                )
+        ranks = sorted(touched)
+        return {
+            "ids": [row.id for row in chosen],
+            "queue": queue,
+            "lanes": [self.lane_names[rank] for rank in ranks],
+            "times": [touched[rank] for rank in ranks],
+            "credits": [(credits if contended else stored)[rank] for rank in ranks],
+        }
 
     def _candidates(
         self, connection: sa.Connection, queue: str, now: datetime, state: _Round, capped: bool
@@ -791,4 +882,71 @@ WITH vt AS (
 SELECT state, CASE WHEN state = '{PENDING}' AND %(notify)s
                    THEN pg_notify('{ADMISSION_CHANNEL}', %(queue)s) END
 FROM job
+"""
+
+
+_ROUND_COLUMNS = (
+    "id, lane, lane_rank, tenant, stride_pass, message, rate_key, rate_tokens, attempts, next_run_at"
+)
+
+
+def _open_round_pg(wait: bool) -> str:
+    """The first statement of a round on PostgreSQL: take the queue's turn (or, unless ``wait``,
+    return no row when another round holds it) and read, in the same round trip, its dispatched
+    count, its lanes' credits, which lanes with a minimum share have due jobs, and the first due
+    backlog jobs in admission order, locked, up to the budget's room (times ``factor``).
+    With the turn, there is always at least one row; ``id`` is NULL when no job is due."""
+    return f"""
+WITH turn AS (
+  SELECT name FROM fairlane_queues WHERE name = %(queue)s FOR UPDATE{"" if wait else " SKIP LOCKED"}
+), head AS MATERIALIZED (
+  SELECT turn.name,
+    (SELECT count(*) FROM fairlane_jobs WHERE queue = turn.name AND {DISPATCHED_PREDICATE}) AS dispatched,
+    (SELECT array_agg(l.credit ORDER BY r.rank)
+       FROM unnest(%(lanes)s::text[]) WITH ORDINALITY AS r(lane, rank)
+       LEFT JOIN fairlane_lanes AS l ON l.queue = turn.name AND l.lane = r.lane) AS credits,
+    (SELECT array_agg(r) FROM unnest(%(share_ranks)s::int[]) AS r
+      WHERE (SELECT true FROM fairlane_jobs
+             WHERE queue = turn.name AND {BACKLOG_PREDICATE} AND lane_rank = r AND next_run_at <= now()
+             ORDER BY stride_pass, id LIMIT 1)) AS owed_ranks
+  FROM turn
+)
+SELECT head.dispatched, head.credits, head.owed_ranks, c.*
+FROM head LEFT JOIN LATERAL (
+  SELECT {_ROUND_COLUMNS} FROM fairlane_jobs
+  WHERE queue = head.name AND {BACKLOG_PREDICATE} AND next_run_at <= now()
+  ORDER BY lane_rank, stride_pass, id
+  LIMIT greatest(%(budget)s - head.dispatched, 0) * %(factor)s
+  FOR UPDATE SKIP LOCKED
+) AS c ON true
+"""
+
+
+#: By ``wait``: the statement that opens a round (see :func:`_open_round_pg`).
+_OPEN_ROUND_PG = {wait: _open_round_pg(wait) for wait in (True, False)}
+
+_DISPATCH_SOURCES = transitions.sql_in(transitions.DISPATCH.sources)
+
+#: The second statement of a round on PostgreSQL: dispatch the chosen jobs (DISPATCH's guard) and
+#: upsert the lanes touched: virtual time up to the newest pass admitted, credit as given.
+#: The plan, prepared once, must find each id by primary key whatever the statistics (a fresh
+#: table has none): the ids come from ``unnest``, and the guard is written as a CASE, which no
+#: plan can mistake for the backlog's partial-index predicate (and scan the whole backlog).
+#: The rows were locked by the first statement, so the guard holds anyway.
+_CLOSE_ROUND_PG = f"""
+WITH dispatched AS (
+  UPDATE fairlane_jobs AS j
+  SET state = '{transitions.DISPATCH.target}', dispatched_at = now(), updated_at = now()
+  FROM unnest(%(ids)s::text[]) AS d(id)
+  WHERE j.id = d.id AND CASE WHEN j.state IN ({_DISPATCH_SOURCES}) THEN true END
+  RETURNING j.id
+), lane_rows AS (
+  INSERT INTO fairlane_lanes AS l (queue, lane, virtual_time, credit)
+  SELECT %(queue)s, x.lane, x.virtual_time, x.credit
+  FROM unnest(%(lanes)s::text[], %(times)s::float8[], %(credits)s::float8[]) AS x(lane, virtual_time, credit)
+  ON CONFLICT (queue, lane) DO UPDATE
+  SET virtual_time = greatest(l.virtual_time, excluded.virtual_time), credit = excluded.credit
+  RETURNING l.lane
+)
+SELECT (SELECT count(*) FROM dispatched) AS dispatched, (SELECT count(*) FROM lane_rows) AS lanes
 """

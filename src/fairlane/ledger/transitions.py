@@ -170,7 +170,8 @@ FINISH_ONE: dict[str, sa.Update] = {
 }
 
 
-def _in(states: tuple[str, ...]) -> str:
+def sql_in(states: tuple[str, ...]) -> str:
+    """``states`` as an SQL list of literals, for a statement written as text: `'a', 'b'`."""
     return ", ".join(f"'{state}'" for state in states)
 
 
@@ -211,8 +212,8 @@ WITH finished AS (
               %(starting)s::boolean[])
        AS f(id, state, result, result_path, error_type, error_message, error_traceback, run_at, message,
             starting)
-  WHERE j.id = f.id AND f.state IN ({_in(tuple(FINISHES))})
-    AND CASE WHEN f.starting THEN j.state IN ({_in(START.sources)}) ELSE j.state = '{RUNNING}' END
+  WHERE j.id = f.id AND f.state IN ({sql_in(tuple(FINISHES))})
+    AND CASE WHEN f.starting THEN j.state IN ({sql_in(START.sources)}) ELSE j.state = '{RUNNING}' END
   RETURNING j.id, f.starting
 ), started AS (
   UPDATE fairlane_jobs AS j
@@ -220,7 +221,7 @@ WITH finished AS (
       updated_at = %(now)s
   FROM unnest(%(start_ids)s::text[], %(restart)s::boolean[]) AS s(id, restart)
   WHERE j.id = s.id
-    AND (j.state IN ({_in(START.sources)}) OR (s.restart AND j.state IN ({_in(RESTART.sources)})))
+    AND (j.state IN ({sql_in(START.sources)}) OR (s.restart AND j.state IN ({sql_in(RESTART.sources)})))
   RETURNING j.id, j.attempts, j.next_run_at
 )
 SELECT e.id, s.attempts, s.next_run_at, false AS ran
