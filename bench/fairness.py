@@ -101,7 +101,8 @@ from rich.table import Table
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from latency_throughput import (  # noqa: E402  (bench/ is not a package)
+from _report import command_line, source_version  # noqa: E402  (bench/ is not a package)
+from latency_throughput import (  # noqa: E402
     BROKER_URL,
     Ledger,
     PhaseTimer,
@@ -1194,21 +1195,8 @@ def _versions() -> str:
     )
 
 
-def _source_version() -> str:
-    """The git commit of the working tree (with ``+changes`` when it differs from it)."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=BENCH_DIR, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=BENCH_DIR, capture_output=True, text=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+changes" if dirty.stdout.strip() else "")
-
-
 def print_header(run: Run) -> None:
+    console.print(f"command: {command_line()}", markup=False, highlight=False)
     console.print(
         f"date {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M:%S %Z} · {platform.machine()} · "
         f"{os.cpu_count()} CPUs · loadavg {os.getloadavg()[0]:.2f} · run {run.run_id}"
@@ -1226,7 +1214,7 @@ def print_header(run: Run) -> None:
     budget = settings.dispatch_budget or "4 x worker threads"
     console.print(
         f"fairlane ledger: {ledger}; dispatch budget {budget}, "
-        f"prefetch {settings.prefetch_per_thread} per thread; source {_source_version()}; "
+        f"prefetch {settings.prefetch_per_thread} per thread; source {source_version()}; "
         f"scenarios: {', '.join(run.args.scenario)}"
     )
     for line in (

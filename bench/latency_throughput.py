@@ -182,7 +182,7 @@ class Reports:
 CPU_KINDS = ("workers", "postgresql", "rabbitmq")
 
 
-def _proc_stat(pid: int) -> tuple[str, int, float] | None:
+def proc_stat(pid: int) -> tuple[str, int, float] | None:
     """(command name, parent pid, CPU seconds) of a process, or None if it is gone or unreadable."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
@@ -222,7 +222,7 @@ class CpuMeter:
         self.discover()
 
     def discover(self) -> None:
-        stats = {pid: stat for pid in _all_pids() if (stat := _proc_stat(pid)) is not None}
+        stats = {pid: stat for pid in _all_pids() if (stat := proc_stat(pid)) is not None}
         found: dict[str, list[int]] = {kind: [] for kind in CPU_KINDS}
         if self.worker_root is not None:
             children: dict[int, list[int]] = defaultdict(list)
@@ -246,7 +246,7 @@ class CpuMeter:
     def read(self) -> dict[str, float]:
         for cpus in self._cpu.values():
             for pid in cpus:
-                if (stat := _proc_stat(pid)) is not None:
+                if (stat := proc_stat(pid)) is not None:
                     cpus[pid] = stat[2]
         return {kind: sum(cpus.values()) for kind, cpus in self._cpu.items()}
 
@@ -343,29 +343,36 @@ class WorkerProcess:
                 self.popen.wait()
 
 
-def problems_in(worker: WorkerProcess) -> list[str]:
-    """Lines of a worker's log that report errors or warnings (shutdown chatter excluded)."""
-    lines = worker.log.read_text(errors="replace").splitlines()
+def problem_lines(log: Path) -> list[str]:
+    """Lines of a process's log that report errors or warnings (worker shutdown chatter excluded)."""
+    lines = log.read_text(errors="replace").splitlines()
     wanted = ("ERROR", "WARNING", "Traceback", "level=error", "level=warning")
     ignored = ("Killing worker process", "Stopping worker process")
     return [
-        f"{worker.system} {worker.processes}x{THREADS}: {line[:300]}"
+        line[:300]
         for line in lines
         if any(word in line for word in wanted) and not any(word in line for word in ignored)
     ]
 
 
+def problems_in(worker: WorkerProcess) -> list[str]:
+    """Lines of a worker's log that report errors or warnings, each prefixed with the worker."""
+    return [f"{worker.system} {worker.processes}x{THREADS}: {line}" for line in problem_lines(worker.log)]
+
+
 def summarize(lines: list[str]) -> list[tuple[int, str]]:
-    """Distinct log lines (timestamps, numbers and addresses blanked) with counts, most frequent first."""
+    """Distinct log lines (timestamps, job ids and numbers blanked) with counts, most frequent first."""
     counts: dict[str, int] = defaultdict(int)
     for line in lines:
         source, _, text = line.partition(": ")
-        text = re.sub(r"\d+", "N", re.sub(r"\d{4}-\d\d-\d\d[ T][\d:,.]+ ?", "", text))
+        text = re.sub(r"\d{4}-\d\d-\d\d[ T][\d:,.]+ ?", "", text)
+        text = re.sub(r"\d+", "N", re.sub(r"\b[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\b", "ID", text))
         counts[f"{source}: {text}"[:240]] += 1
     return sorted(((count, line) for line, count in counts.items()), reverse=True)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (as of now)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -385,8 +392,8 @@ def start_worker(
     if system == "fairlane":
         # Metrics and health endpoints stay on, as in production, on ports no one else uses.
         env = env | {
-            "FAIRLANE_METRICS_PORT": str(_free_port()),
-            "FAIRLANE_HEALTH_PORT": str(_free_port()),
+            "FAIRLANE_METRICS_PORT": str(free_port()),
+            "FAIRLANE_HEALTH_PORT": str(free_port()),
             "FAIRLANE_METRICS_DIR": str(workdir / f"metrics-{processes}-{name}"),
         }
     with log.open("wb") as output:

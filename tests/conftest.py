@@ -15,10 +15,11 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
-import sqlalchemy as sa
+
+from tests.deployment import private_database, private_vhost
 
 BROKER_URL = os.environ.get("FAIRLANE_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 PG_URL = os.environ.get("FAIRLANE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -58,21 +59,8 @@ def broker_server_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def broker_url(broker_server_url: str) -> Iterator[str]:
     """A private vhost for this test run, removed afterwards."""
-    vhost = f"fairlane-test-{RUN_ID}"
-    ctl = shutil.which("rabbitmqctl")
-    if ctl is None:
-        pytest.fail("rabbitmqctl is needed to create the test run's private vhost")
-    subprocess.run([ctl, "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(
-        [ctl, "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-        capture_output=True,
-    )
-    base = broker_server_url.rsplit("/", 1)[0]
-    try:
-        yield f"{base}/{quote(vhost, safe='')}"
-    finally:
-        subprocess.run([ctl, "-q", "delete_vhost", vhost], check=False, capture_output=True)
+    with private_vhost(broker_server_url, f"fairlane-test-{RUN_ID}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -92,21 +80,8 @@ def postgres_server_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def postgres_url(postgres_server_url: str) -> Iterator[str]:
     """A private database for this test run, dropped afterwards."""
-    name = f"fairlane_test_{RUN_ID}"
-    # pre-ping: the chaos suite restarts PostgreSQL, which ends the pooled connection of this engine
-    admin = sa.create_engine(
-        postgres_server_url.replace("postgresql://", "postgresql+psycopg://", 1),
-        isolation_level="AUTOCOMMIT",
-        pool_pre_ping=True,
-    )
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield postgres_server_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with private_database(postgres_server_url, f"fairlane_test_{RUN_ID}") as url:
+        yield url
 
 
 @pytest.fixture

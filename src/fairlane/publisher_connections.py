@@ -10,6 +10,11 @@ may have dropped it; pika itself sends heartbeats that often) is replaced before
 the old one is let go without any I/O (closing a dropped connection is what logs errors; its
 socket closes when it is collected, and RabbitMQ's side ends with the missed heartbeats), and
 one INFO line says so. A connection in use keeps its heartbeats and is never replaced.
+
+For the same reason :meth:`FreshConnectionBroker.close` (a worker's or a sender's shutdown) lets
+go, without closing them, of the connections idle that long and of those already closed: a
+worker's connection used only while it booted has been dropped by RabbitMQ long before the
+worker stops, and closing it logged pika's errors (``Connection reset by peer``) at every stop.
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ _SERVER_DEFAULT_HEARTBEAT = 60
 class FreshConnectionBroker(RabbitmqBroker):
     """A Dramatiq RabbitMQ broker whose idle per-thread connections are replaced before use."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: When each publishing connection was last handed out (monotonic seconds).
+        self._used_at: dict[Any, float] = {}
+        super().__init__(*args, **kwargs)
+
     @property
     def connection(self) -> Any:
         """This thread's publishing connection (a new one if the last sat idle too long)."""
@@ -36,11 +46,12 @@ class FreshConnectionBroker(RabbitmqBroker):
         if current is not None and self._idle_too_long(current):
             self._let_go(current)
         connection = super().connection
-        self.state.connection_used_at = time.monotonic()
+        self._used_at[connection] = time.monotonic()
         return connection
 
     @connection.deleter
     def connection(self) -> None:
+        self._used_at.pop(getattr(self.state, "connection", None), None)
         RabbitmqBroker.connection.fdel(self)  # type: ignore[attr-defined]
 
     @property
@@ -50,34 +61,49 @@ class FreshConnectionBroker(RabbitmqBroker):
         if current is not None and self._idle_too_long(current):
             self._let_go(current)
         channel = super().channel
-        self.state.connection_used_at = time.monotonic()
+        self._used_at[self.state.connection] = time.monotonic()
         return channel
 
     @channel.deleter
     def channel(self) -> None:
         RabbitmqBroker.channel.fdel(self)  # type: ignore[attr-defined]
 
+    def close(self) -> None:
+        """Close the publishing connections, letting go of those RabbitMQ may have dropped for
+        missed heartbeats and of those already closed (closing either only logs pika's errors)."""
+        for connection in list(self.connections):
+            if connection.is_closed or self._idle_too_long(connection):
+                self._forget(connection)
+        super().close()
+
     def _idle_too_long(self, connection: Any) -> bool:
         heartbeat = _negotiated_heartbeat(connection, self.parameters)
         if not heartbeat:  # heartbeats off: RabbitMQ never drops an idle connection
             return False
-        used_at = getattr(self.state, "connection_used_at", None)
+        used_at = self._used_at.get(connection)
         return used_at is not None and time.monotonic() - used_at >= heartbeat / 2
 
     def _let_go(self, connection: Any) -> None:
         """Forget this thread's connection and channel without touching their socket."""
-        idle = time.monotonic() - self.state.connection_used_at
-        channel = getattr(self.state, "channel", None)
-        if channel is not None:
-            self.channels.discard(channel)
+        idle = time.monotonic() - self._used_at[connection]
+        if getattr(self.state, "channel", None) is not None:
             del self.state.channel
-        self.connections.discard(connection)
         del self.state.connection
+        self._forget(connection)
         logger.info(
             "event=publisher_connection_replaced idle_seconds=%.1f heartbeat_seconds=%s",
             idle,
             _negotiated_heartbeat(connection, self.parameters),
         )
+
+    def _forget(self, connection: Any) -> None:
+        """Drop ``connection`` and its channels from those :meth:`close` closes, without any I/O."""
+        # list() copies the set in one step: other threads may add channels meanwhile.
+        self.channels.difference_update(
+            [channel for channel in list(self.channels) if channel.connection is connection]
+        )
+        self.connections.discard(connection)
+        self._used_at.pop(connection, None)
 
 
 def _negotiated_heartbeat(connection: Any, parameters: Any) -> float:

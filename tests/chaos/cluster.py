@@ -1,5 +1,6 @@
-"""A small fairlane deployment for the chaos suite: real worker and scheduler processes, and a
-producer sending through ``send()`` and ``send_many`` from the test process.
+"""A small fairlane deployment for the chaos suite: real worker and scheduler processes (a
+:class:`~tests.deployment.Deployment`), and a producer sending through ``send()`` and ``send_many``
+from the test process.
 
 The worker tree is ``fairlane worker --processes 2 --threads 4``; two ``fairlane scheduler``
 replicas contend for leadership. Every process, the test's own included, reaches RabbitMQ and
@@ -12,12 +13,8 @@ the suite prints and checks.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -30,12 +27,11 @@ import sqlalchemy as sa
 
 import fairlane
 from fairlane.ledger.schema import SUCCEEDED, jobs
+from tests.deployment import Deployment
 from tests.integration.tcp_proxy import TcpProxy
 
 from .chaos_actors import QUEUE_VARIABLE, RUNS_VARIABLE, declare
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-STARTUP = 30.0  # seconds a new process may take to import, migrate and start working
 SETTLE = 120.0  # seconds every accepted job has to finish after a fault
 _FINAL = ("succeeded", "dead", "cancelled")
 
@@ -111,7 +107,7 @@ class Producer(threading.Thread):
         self.join(timeout=30)
 
 
-class Cluster:
+class Cluster(Deployment):
     """Worker and scheduler processes on one queue, and the test process's app to send with."""
 
     def __init__(self, broker_url: str, postgres_url: str, tmp_path: Path) -> None:
@@ -122,9 +118,9 @@ class Cluster:
         self.queue = f"chaos_{uuid.uuid4().hex[:10]}"
         self.runs = tmp_path / "runs"
         self.runs.mkdir()
-        self.logs = tmp_path / "logs"
-        self.logs.mkdir()
-        self.env = {
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        env = {
             **os.environ,
             "FAIRLANE_BROKER_URL": broker_url,
             "FAIRLANE_DATABASE_URL": postgres_url,
@@ -135,6 +131,7 @@ class Cluster:
             RUNS_VARIABLE: str(self.runs),
             "PYTHONUNBUFFERED": "1",
         }
+        super().__init__(env, "tests.chaos.chaos_actors", logs)
         self.app = fairlane.configure(
             fairlane.Settings(
                 broker_url=broker_url,
@@ -144,76 +141,12 @@ class Cluster:
             )
         )
         self.step = declare(self.queue, self.runs)
-        self.workers: subprocess.Popen[bytes] | None = None
-        self.schedulers: list[subprocess.Popen[bytes]] = []
-        self._spawned: list[subprocess.Popen[bytes]] = []
-
-    # -- processes -----------------------------------------------------------------------------------
-
-    def _spawn(self, name: str, *arguments: str) -> subprocess.Popen[bytes]:
-        command = [sys.executable, "-m", "fairlane.cli", *arguments, "tests.chaos.chaos_actors"]
-        with (self.logs / f"{name}.log").open("ab") as log:
-            process = subprocess.Popen(
-                command,
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self._spawned.append(process)
-        return process
-
-    def start_workers(self) -> None:
-        """Start the worker tree (2 processes of 4 threads)."""
-        self.workers = self._spawn(
-            f"workers-{len(self._spawned)}",
-            "worker",
-            "--processes",
-            "2",
-            "--threads",
-            "4",
-            "--shutdown-timeout",
-            "20",
-        )
-
-    def start_schedulers(self) -> None:
-        """Start two scheduler replicas and wait until one leads."""
-        self.schedulers = [self._spawn(f"scheduler-{index}", "scheduler") for index in range(2)]
-        wait_for(lambda: self.leader() is not None, STARTUP, "a scheduler leads")
-
-    def leader(self) -> subprocess.Popen[bytes] | None:
-        """The live scheduler replica that took the leadership last (by its log)."""
-        for index, process in enumerate(self.schedulers):
-            log = (self.logs / f"scheduler-{index}.log").read_text(errors="replace")
-            if process.poll() is None and "event=leader_acquired" in log:
-                return process
-        return None
-
-    def signal_tree(self, process: subprocess.Popen[bytes], signum: int) -> None:
-        """Send ``signum`` to a process and all it started (its own session)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signum)
-
-    def kill_tree(self, process: subprocess.Popen[bytes], signum: int = signal.SIGKILL) -> None:
-        """Signal a process tree and wait for its head to exit."""
-        self.signal_tree(process, signum)
-        process.wait(timeout=60)
 
     def close(self) -> None:
-        for process in self._spawned:
-            if process.poll() is None:
-                self.kill_tree(process)
+        super().close()
         self.app.close()
         self.rabbitmq.close()
         self.postgresql.close()
-
-    def log_tail(self) -> str:
-        tails = [
-            f"== {path.name}\n{path.read_text(errors='replace')[-3000:]}"
-            for path in sorted(self.logs.glob("*"))
-        ]
-        return "\n".join(tails)
 
     # -- jobs ----------------------------------------------------------------------------------------
 
@@ -266,12 +199,3 @@ class Cluster:
 def _proxy_for(url: str, default_port: int) -> TcpProxy:
     parts = urlsplit(url)
     return TcpProxy(parts.hostname or "127.0.0.1", parts.port or default_port)
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> None:
-    """Wait until ``condition()`` holds, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.1)

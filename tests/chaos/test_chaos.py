@@ -27,7 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from .cluster import STARTUP, Cluster, Producer, Tally, wait_for
+from tests.deployment import STARTUP, wait_for
+
+from .cluster import Cluster, Producer, Tally
 
 SERVICES = os.environ.get("FAIRLANE_CHAOS_SERVICES") == "1"
 #: The loopback services as .ci/services starts them.

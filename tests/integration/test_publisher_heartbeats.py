@@ -59,3 +59,29 @@ def test_an_idle_publisher_past_the_heartbeat_timeout_publishes_without_errors(
         record for record in caplog.records if "event=publisher_connection_replaced" in record.getMessage()
     ]
     assert len(replaced) == 1
+
+
+def test_closing_a_sender_whose_idle_connection_rabbitmq_dropped_logs_no_errors(
+    make_app: Callable[..., App], broker_url: str, queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a sender with 2 s RabbitMQ heartbeats that has published
+    app = make_app(broker_url=f"{broker_url}?heartbeat=2")
+
+    @fairlane.actor(queue_name=queue)
+    def export(store_id: int) -> None:
+        pass
+
+    export.send(1)
+    eventually(lambda: lane_depth(app, queue) == 1, message="the job is published")
+
+    # When it stays idle until RabbitMQ has dropped its connections for missed heartbeats
+    vhost = unquote(urlsplit(broker_url).path.lstrip("/"))
+    eventually(lambda: _connections(vhost) == 0, timeout=60, message="RabbitMQ dropped the idle connections")
+
+    # And then it closes (a worker process or a service shutting down)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        app.close()
+
+    # Then nothing is logged as a warning or an error
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
