@@ -39,7 +39,6 @@ from fairlane.dispatch import Dispatcher
 from fairlane.errors import InvalidActor, InvalidJob
 from fairlane.ledger.actors import ActorCatalog, CatalogEntry
 from fairlane.ledger.admission import Accepted, Admission, AdmittedJob, NewJob
-from fairlane.ledger.database import utcnow
 from fairlane.ledger.jobs import JobError, JobStore
 from fairlane.ledger.lost_sends import SendGuard
 from fairlane.ledger.schema import DISPATCHED
@@ -270,22 +269,25 @@ class FairlaneBroker(FreshConnectionBroker):
         if accepted.created:
             JOBS_ENQUEUED.labels(queue=job.queue, actor=job.actor, lane=job.lane).inc()
             if accepted.dispatched:
-                self._publish_accepted(job, stored)
+                self._publish_accepted(job, stored, accepted)
             else:
                 self.dispatcher.request([job.queue])
         if accepted.job_id == stored.message_id:
             return stored
         return stored.copy(message_id=accepted.job_id)
 
-    def _publish_accepted(self, job: NewJob, stored: Message[Any]) -> None:
+    def _publish_accepted(self, job: NewJob, stored: Message[Any], accepted: Accepted) -> None:
         """Publish a job its accept dispatched; if RabbitMQ refuses, the job waits in the backlog.
 
         The send has succeeded either way: its committed row is the promise that the job runs.
         So the publish does not wait for a confirm: a message RabbitMQ loses in a crash leaves
         its job dispatched, and the reaper publishes it again after ``dispatch_timeout``.
+        The message carries its start hint when the accept's reply said since when the job is
+        runnable (a reply lost to a dropped connection did not: the worker then waits for its start).
         """
+        headers = None if accepted.runnable_since is None else start_headers(1, accepted.runnable_since)
         try:
-            properties = _properties(stored.options.get("broker_priority"), start_headers(1, job.run_at))
+            properties = _properties(stored.options.get("broker_priority"), headers)
             self._publish_unconfirmed(job.queue, job.lane, job.message.encode(), properties)
         except (ConnectionClosed, pika.exceptions.AMQPError) as error:
             logger.warning(
@@ -484,7 +486,6 @@ class FairlaneBroker(FreshConnectionBroker):
                 f"message is {len(encoded)} bytes; the limit is {self.settings.max_payload_bytes} "
                 "(FAIRLANE_MAX_PAYLOAD_BYTES): pass a reference to large data instead"
             )
-        run_at = utcnow() + timedelta(milliseconds=delay or 0)
         job = NewJob(
             id=stored.message_id,
             actor=actor.name,
@@ -495,7 +496,7 @@ class FairlaneBroker(FreshConnectionBroker):
             cost=float(cost),
             message=encoded.decode(),
             idempotency_key=key,
-            run_at=run_at,
+            delay=(delay or 0) / 1000,
             rate_key=rate_key,
             rate_tokens=rate_tokens,
         )
