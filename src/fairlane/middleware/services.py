@@ -24,6 +24,7 @@ from dramatiq.middleware import Middleware
 from fairlane.broker import FairlaneBroker
 from fairlane.dispatch import Dispatcher
 from fairlane.ledger.actors import CatalogEntry
+from fairlane.ledger.clock import ClockOffset
 from fairlane.ledger.writer import LedgerWriter
 from fairlane.observability.heartbeat import WorkerHeartbeat
 from fairlane.work_queue import LaneWorkQueue
@@ -34,9 +35,11 @@ logger = logging.getLogger("fairlane.worker")
 class WorkerServices(Middleware):
     """Start and stop the dispatcher, the ledger writer and the heartbeat with the worker."""
 
-    def __init__(self, dispatcher: Dispatcher, writer: LedgerWriter) -> None:
+    def __init__(self, dispatcher: Dispatcher, writer: LedgerWriter, clock_offset: ClockOffset) -> None:
         self.dispatcher = dispatcher
         self.writer = writer
+        #: Measured by the heartbeat, read by the metrics (see fairlane.ledger.clock).
+        self.clock_offset = clock_offset
         #: The heartbeat of the running worker (None before boot and after shutdown).
         self.heartbeat: WorkerHeartbeat | None = None
         self._status_file: Path | None = None
@@ -65,7 +68,9 @@ class WorkerServices(Middleware):
             logger.exception("event=actor_catalog_not_published")
         self.dispatcher.serve(fairlane_broker.actor_queues)
         self.dispatcher.start()
-        self.heartbeat = WorkerHeartbeat(fairlane_broker, worker, status_file=self._status_file)
+        self.heartbeat = WorkerHeartbeat(
+            fairlane_broker, worker, status_file=self._status_file, clock_offset=self.clock_offset
+        )
         self.heartbeat.start()
 
     def after_declare_queue(self, broker: Broker, queue_name: str) -> None:

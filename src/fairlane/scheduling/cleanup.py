@@ -32,7 +32,7 @@ import pika
 from fairlane.app import App
 from fairlane.broker import dead_letter_queue_name
 from fairlane.dead_letters import dead_at_of, job_id_of
-from fairlane.ledger.database import utcnow
+from fairlane.ledger.clock import database_now
 from fairlane.ledger.reaping import ExpiredJob, SchedulerQueries
 from fairlane.ledger.schema import CANCELLED, DEAD, SUCCEEDED
 from fairlane.ledger.workers import WorkerStore
@@ -56,10 +56,10 @@ class RetentionReport:
 
 
 def run_retention(app: App, now: datetime | None = None) -> RetentionReport:
-    """Delete what has expired at ``now`` (default: the current time)."""
-    moment = now or utcnow()
+    """Delete what has expired at ``now`` (default: the ledger's current time)."""
     settings = app.settings
     queries = SchedulerQueries(app.engine)
+    moment = now or database_now(app.engine)
     report = RetentionReport()
     expired_dead: dict[str, set[str]] = {}
 

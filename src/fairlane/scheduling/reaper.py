@@ -29,7 +29,7 @@ from dramatiq.errors import ActorNotFound, ConnectionClosed
 
 from fairlane.app import App
 from fairlane.ledger.admission import AdmittedJob
-from fairlane.ledger.database import utcnow
+from fairlane.ledger.clock import database_now
 from fairlane.ledger.lost_workers import WorkerLost, retries_left
 from fairlane.ledger.reaping import ReapedJob, SchedulerQueries, StaleDispatch
 from fairlane.ledger.schema import DEAD, PENDING
@@ -50,10 +50,11 @@ class ReaperReport:
 
 
 def run_reaper(app: App, now: datetime | None = None) -> ReaperReport:
-    """Reap abandoned running jobs and re-publish lost dispatches as of ``now``."""
-    moment = now or utcnow()
+    """Reap abandoned running jobs and re-publish lost dispatches as of ``now`` (default: the
+    ledger's current time, never this process's clock)."""
     settings = app.settings
     queries = SchedulerQueries(app.engine)
+    moment = now or database_now(app.engine)
     report = ReaperReport()
     while True:
         batch = queries.reap_abandoned(

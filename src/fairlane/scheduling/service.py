@@ -39,6 +39,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from dramatiq.errors import ActorNotFound, ConnectionClosed
 
 from fairlane.app import App, get_app
+from fairlane.ledger.clock import database_now
 from fairlane.ledger.database import utcnow
 from fairlane.ledger.reaping import SchedulerQueries
 from fairlane.middleware.tracking import default_worker_id
@@ -102,7 +103,9 @@ class Scheduler:
                 Task("cleanup", settings.cleanup_interval, lambda: run_retention(app)),
                 Task("reaper", settings.reaper_interval, lambda: run_reaper(app)),
                 Task("gauges", settings.gauges_interval, lambda: export_leader_gauges(app), quiet=True),
-                Task("cron", CRON_TICK_SECONDS, lambda: self.cron.tick(utcnow()), quiet=True),
+                # Which cron slots are due is decided on the ledger's clock, read once per tick:
+                # a leader whose own clock is off neither fires a slot early nor skips one.
+                Task("cron", CRON_TICK_SECONDS, lambda: self.cron.tick(database_now(app.engine)), quiet=True),
             )
         }
         self._aps = BackgroundScheduler(
@@ -194,6 +197,8 @@ class Scheduler:
     def _run_task(self, task: Task, *, force: bool = False) -> None:
         if not (force or self.is_leader):
             return
+        # This process's clock: the task's bookkeeping and success gauge, which nothing in fairlane
+        # compares with a ledger time (its cutoffs use the ledger's clock, see run_reaper).
         started = utcnow()
         clock = time.monotonic()
         error = None
