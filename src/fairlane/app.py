@@ -33,6 +33,7 @@ from fairlane.middleware.retries import Retries
 from fairlane.middleware.services import WorkerServices
 from fairlane.middleware.tracking import Tracking, default_worker_id
 from fairlane.notifications import CancelledJobs
+from fairlane.rabbitmq_outages import silence_pika
 from fairlane.settings import Settings, load_settings
 
 
@@ -69,6 +70,7 @@ def build_app(settings: Settings) -> App:
     The ledger is migrated first, or with ``auto_migrate`` off checked to be current
     (:class:`~fairlane.ledger.database.LedgerOutdated` if not).
     """
+    silence_pika()  # lost RabbitMQ connections are logged once per component, not by pika
     engine = create_ledger_engine(settings)
     if settings.auto_migrate:
         migrate(engine, settings)

@@ -47,6 +47,7 @@ from fairlane.middleware.context import running_tenant
 from fairlane.notifications import CancelledJobs
 from fairlane.observability.catalog import JOBS_ENQUEUED
 from fairlane.publisher_connections import FreshConnectionBroker
+from fairlane.rabbitmq_outages import CONNECTION_ERRORS, RabbitmqOutages
 from fairlane.settings import Settings, time_limit_problem
 from fairlane.validation import check_idempotency_key, check_tenant
 
@@ -89,7 +90,11 @@ class FairlaneBroker(FreshConnectionBroker):
         self.catalog = ActorCatalog(admission.engine)
         #: Settles or explains a send whose ledger connection fails (see fairlane.ledger.lost_sends).
         self.send_guard = SendGuard(admission.engine)
-        self.dispatcher = Dispatcher(admission, settings, self.publish_batch, cancelled)
+        #: This process's components' RabbitMQ outages, each logged once (see fairlane.rabbitmq_outages).
+        self.outages = RabbitmqOutages()
+        self.dispatcher = Dispatcher(
+            admission, settings, self.publish_batch, cancelled, outage=self.outages.dispatcher
+        )
 
     @property
     def consumer_class(self) -> type[_RabbitmqConsumer]:
@@ -290,16 +295,21 @@ class FairlaneBroker(FreshConnectionBroker):
             properties = _properties(stored.options.get("broker_priority"), headers)
             self._publish_unconfirmed(job.queue, job.lane, job.message.encode(), properties)
         except (ConnectionClosed, pika.exceptions.AMQPError) as error:
-            logger.warning(
-                "event=publish_failed queue=%s jobs=1 error=%s action='the job waits in the ledger'",
-                job.queue,
-                type(error).__name__,
-            )
+            if isinstance(error, CONNECTION_ERRORS):
+                self.outages.sender.lost(error)
+            else:
+                logger.warning(
+                    "event=publish_failed queue=%s jobs=1 error=%s action='the job waits in the ledger'",
+                    job.queue,
+                    type(error).__name__,
+                )
             try:
                 self.admission.unadmit([job.id])
             except Exception:  # the reaper publishes a stale dispatch again; the send succeeded
                 logger.exception("event=unadmit_failed job=%s", job.id)
             self.dispatcher.request([job.queue])
+            return
+        self.outages.sender.restored()
 
     def enqueue_many(self, messages: Sequence[Message[Any]]) -> list[Message[Any]]:
         """Validate and accept many messages in one ledger transaction per 1,000, then admit their queues.
@@ -369,22 +379,27 @@ class FairlaneBroker(FreshConnectionBroker):
         """Publish an admission round in one AMQP transaction: one broker round trip for all.
 
         The commit returns once RabbitMQ has taken every message (persistent, durable queues),
-        the guarantee a publisher confirm gives, without waiting once per message.
+        the guarantee a publisher confirm gives, without waiting once per message. A connection
+        that died while idle is replaced once (should the lost one have committed after all, a
+        job's second copy is skipped at its start).
         """
         self.declare_queue(queue, ensure=True)
-        channel = self._transaction_channel()
-        try:
-            for job in admitted:
-                channel.basic_publish(
-                    exchange="",
-                    routing_key=self.lane_queue_name(queue, job.lane),
-                    body=job.message.encode(),
-                    properties=self._stored_properties(job),
-                )
-            channel.tx_commit()
-        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
-            del self.connection
-            raise ConnectionClosed(error) from None
+        for attempt in range(2):
+            try:
+                channel = self._transaction_channel()
+                for job in admitted:
+                    channel.basic_publish(
+                        exchange="",
+                        routing_key=self.lane_queue_name(queue, job.lane),
+                        body=job.message.encode(),
+                        properties=self._stored_properties(job),
+                    )
+                channel.tx_commit()
+                return
+            except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
+                del self.connection
+                if attempt:
+                    raise ConnectionClosed(error) from None
 
     def _stored_properties(self, job: AdmittedJob) -> pika.BasicProperties:
         """The AMQP properties of an admitted job's stored message: persistent, with its
@@ -613,7 +628,10 @@ class _FairlaneConsumer(_RabbitmqConsumer):
         except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
             if getattr(error, "reply_code", None) == 404:  # a queue went away: declare it again
                 broker.queues_pending.add(broker.actor_queue_of(queue_name))
+            elif isinstance(error, CONNECTION_ERRORS):
+                broker.outages.worker.lost(error, queue_name)
             raise ConnectionClosed(error) from None
+        broker.outages.worker.restored(queue_name)
 
     def _received(self, _channel: Any, method: Any, properties: Any, body: bytes, *, plain: bool) -> None:
         self._ready.append((method, properties, body, plain))
@@ -629,6 +647,8 @@ class _FairlaneConsumer(_RabbitmqConsumer):
         ) as error:
             if getattr(error, "reply_code", None) == 404:
                 self.broker.queues_pending.add(self.broker.actor_queue_of(self.queue_name))
+            elif isinstance(error, CONNECTION_ERRORS):
+                self.broker.outages.worker.lost(error, self.queue_name)
             raise ConnectionClosed(error) from None
         if not self._ready:
             return None

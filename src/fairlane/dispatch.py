@@ -41,6 +41,7 @@ from fairlane.ledger.admission import Admission, AdmittedJob
 from fairlane.ledger.workers import WorkerStore
 from fairlane.notifications import CancelledJobs, LedgerListener
 from fairlane.observability.catalog import JOBS_DEFERRED
+from fairlane.rabbitmq_outages import CONNECTION_ERRORS, Outage, RabbitmqOutages
 from fairlane.settings import Settings
 
 logger = logging.getLogger("fairlane.dispatch")
@@ -70,10 +71,13 @@ class Dispatcher:
         settings: Settings,
         publish_batch: PublishBatch,
         cancelled: CancelledJobs | None = None,
+        outage: Outage | None = None,
     ) -> None:
         self.admission = admission
         self.settings = settings
         self.publish_batch = publish_batch
+        #: Reports losing RabbitMQ, and getting it back, once per outage.
+        self.outage = outage or RabbitmqOutages().dispatcher
         self.workers = WorkerStore(admission.engine)
         #: Jobs cancelled before they started, as heard on the listener (see fairlane.notifications).
         self.cancelled = cancelled if cancelled is not None else CancelledJobs()
@@ -166,14 +170,19 @@ class Dispatcher:
                 queue, self.budget(queue), wait=wait, publish=lambda jobs: self.publish_batch(queue, jobs)
             )
         except (ConnectionClosed, pika.exceptions.AMQPError) as error:
-            logger.warning(
-                "event=publish_failed queue=%s error=%s action='jobs stay pending in the ledger'",
-                queue,
-                type(error).__name__,
-            )
+            if isinstance(error, CONNECTION_ERRORS):
+                self.outage.lost(error)
+            else:
+                logger.warning(
+                    "event=publish_failed queue=%s error=%s action='jobs stay pending in the ledger'",
+                    queue,
+                    type(error).__name__,
+                )
             return 0
         if round_ is None:
             return None
+        if round_.jobs:
+            self.outage.restored()
         if round_.retry_in is not None:
             with self._lock:
                 self._hint(queue, round_.retry_in)
