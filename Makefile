@@ -17,10 +17,12 @@ install: $(STAMP)
 services:
 	.ci/services
 
-# promtool checks the alert rules; Debian's chromium runs the /ui/ browser tests (Playwright drives it).
+# promtool checks the alert rules; Debian's chromium runs the /ui/ browser tests (Playwright drives it);
+# libfaketime (package faketime) skews the clocks of the clock-skew tests' processes.
 tools:
 	@command -v promtool >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null)
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+	@command -v faketime >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null)
 
 run: install services
 	$(BIN)/fairlane demo

@@ -182,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         admission = Admission(engine, settings, RateLimits(engine, {}))
         statements = _Statements(postgresql.insert, True)
-        now = datetime.now(UTC)
         with psycopg.connect(url, autocommit=True) as connection:
             live = connection.execute(
                 "SELECT id, state FROM fairlane_jobs WHERE state IN ('dispatched', 'running')"
@@ -205,14 +204,12 @@ def main(argv: list[str] | None = None) -> int:
                     "key": None,
                     "rate_key": None,
                     "rate_tokens": None,
-                    "now": now,
-                    "run_at": now,
+                    "delay": 0.0,
                     "eligible": True,
                     "budget": 32,
                     "overtake_budget": 48,
                     "fair": True,
                     "increment": 1.0,
-                    "fifo_pass": 0.0,
                     "notify": True,
                 },
                 generic=True,
@@ -238,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             _explain(
                 connection,
                 "admission round: the backlog scan (16 free slots)",
-                _literal(admission._backlog_query(QUEUE, now, [], 16)),
+                _literal(admission._backlog_query(QUEUE, [], 16)),
             )
             _explain(
                 connection,
@@ -288,7 +285,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(starts)} starts in one statement",
                 FLUSH_PG,
                 {
-                    "now": now,
                     "worker": "w:2",
                     "finish_ids": finished,
                     "states": ["succeeded"] * len(finished),
@@ -297,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                     "error_types": [None] * len(finished),
                     "error_messages": [None] * len(finished),
                     "error_tracebacks": [None] * len(finished),
-                    "run_ats": [None] * len(finished),
+                    "delays": [None] * len(finished),
                     "messages": [None] * len(finished),
                     "starting": [job_id in ran for job_id in finished],
                     "start_ids": starts,

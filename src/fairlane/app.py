@@ -17,6 +17,7 @@ from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, ShutdownNotifica
 from fairlane.broker import FairlaneBroker
 from fairlane.dispatch import Dispatcher
 from fairlane.ledger.admission import Admission
+from fairlane.ledger.clock import ClockOffset
 from fairlane.ledger.database import create_ledger_engine, migrate, require_current_schema
 from fairlane.ledger.jobs import JobStore
 from fairlane.ledger.lost_workers import LostAttempts
@@ -32,6 +33,7 @@ from fairlane.middleware.retries import Retries
 from fairlane.middleware.services import WorkerServices
 from fairlane.middleware.tracking import Tracking, default_worker_id
 from fairlane.notifications import CancelledJobs
+from fairlane.rabbitmq_outages import silence_pika
 from fairlane.settings import Settings, load_settings
 
 
@@ -68,6 +70,7 @@ def build_app(settings: Settings) -> App:
     The ledger is migrated first, or with ``auto_migrate`` off checked to be current
     (:class:`~fairlane.ledger.database.LedgerOutdated` if not).
     """
+    silence_pika()  # lost RabbitMQ connections are logged once per component, not by pika
     engine = create_ledger_engine(settings)
     if settings.auto_migrate:
         migrate(engine, settings)
@@ -77,6 +80,7 @@ def build_app(settings: Settings) -> App:
     rate_limits = RateLimits(engine, settings.rate_limits)
     admission = Admission(engine, settings, rate_limits)
     writer = LedgerWriter(engine, default_worker_id())
+    clock_offset = ClockOffset()  # measured by the worker heartbeat, read by Metrics
     cancelled = CancelledJobs()  # filled by the dispatcher's listener, read by Tracking
     cancellation = Cancellation(jobs, writer, settings.cancel_poll_interval)
     # A job that runs before its start is recorded is interrupted if the ledger refuses the start.
@@ -97,7 +101,7 @@ def build_app(settings: Settings) -> App:
         RateLimitPauses(jobs, rate_limits),
         LostWorkers(LostAttempts(engine), settings),
         Tracking(jobs, writer, cancelled),
-        Metrics(),
+        Metrics(clock_offset),
         JobContext(jobs),
         TimeLimit(time_limit=settings.time_limit),
         ShutdownNotifications(),
@@ -111,7 +115,7 @@ def build_app(settings: Settings) -> App:
     # Starts free dispatch slots: after each flush the writer asks the dispatcher to refill them.
     writer.on_started = broker.dispatcher.slots_freed
     writer.on_retrying = broker.dispatcher.retries_due  # a retry due now runs now, not at the next sweep
-    services = WorkerServices(broker.dispatcher, writer)
+    services = WorkerServices(broker.dispatcher, writer, clock_offset)
     broker.add_middleware(services)
     dramatiq.set_broker(broker)
     return App(

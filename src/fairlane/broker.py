@@ -39,7 +39,6 @@ from fairlane.dispatch import Dispatcher
 from fairlane.errors import InvalidActor, InvalidJob
 from fairlane.ledger.actors import ActorCatalog, CatalogEntry
 from fairlane.ledger.admission import Accepted, Admission, AdmittedJob, NewJob
-from fairlane.ledger.database import utcnow
 from fairlane.ledger.jobs import JobError, JobStore
 from fairlane.ledger.lost_sends import SendGuard
 from fairlane.ledger.schema import DISPATCHED
@@ -48,6 +47,7 @@ from fairlane.middleware.context import running_tenant
 from fairlane.notifications import CancelledJobs
 from fairlane.observability.catalog import JOBS_ENQUEUED
 from fairlane.publisher_connections import FreshConnectionBroker
+from fairlane.rabbitmq_outages import CONNECTION_ERRORS, RabbitmqOutages
 from fairlane.settings import Settings, time_limit_problem
 from fairlane.validation import check_idempotency_key, check_tenant
 
@@ -90,7 +90,11 @@ class FairlaneBroker(FreshConnectionBroker):
         self.catalog = ActorCatalog(admission.engine)
         #: Settles or explains a send whose ledger connection fails (see fairlane.ledger.lost_sends).
         self.send_guard = SendGuard(admission.engine)
-        self.dispatcher = Dispatcher(admission, settings, self.publish_batch, cancelled)
+        #: This process's components' RabbitMQ outages, each logged once (see fairlane.rabbitmq_outages).
+        self.outages = RabbitmqOutages()
+        self.dispatcher = Dispatcher(
+            admission, settings, self.publish_batch, cancelled, outage=self.outages.dispatcher
+        )
 
     @property
     def consumer_class(self) -> type[_RabbitmqConsumer]:
@@ -270,34 +274,42 @@ class FairlaneBroker(FreshConnectionBroker):
         if accepted.created:
             JOBS_ENQUEUED.labels(queue=job.queue, actor=job.actor, lane=job.lane).inc()
             if accepted.dispatched:
-                self._publish_accepted(job, stored)
+                self._publish_accepted(job, stored, accepted)
             else:
                 self.dispatcher.request([job.queue])
         if accepted.job_id == stored.message_id:
             return stored
         return stored.copy(message_id=accepted.job_id)
 
-    def _publish_accepted(self, job: NewJob, stored: Message[Any]) -> None:
+    def _publish_accepted(self, job: NewJob, stored: Message[Any], accepted: Accepted) -> None:
         """Publish a job its accept dispatched; if RabbitMQ refuses, the job waits in the backlog.
 
         The send has succeeded either way: its committed row is the promise that the job runs.
         So the publish does not wait for a confirm: a message RabbitMQ loses in a crash leaves
         its job dispatched, and the reaper publishes it again after ``dispatch_timeout``.
+        The message carries its start hint when the accept's reply said since when the job is
+        runnable (a reply lost to a dropped connection did not: the worker then waits for its start).
         """
+        headers = None if accepted.runnable_since is None else start_headers(1, accepted.runnable_since)
         try:
-            properties = _properties(stored.options.get("broker_priority"), start_headers(1, job.run_at))
+            properties = _properties(stored.options.get("broker_priority"), headers)
             self._publish_unconfirmed(job.queue, job.lane, job.message.encode(), properties)
         except (ConnectionClosed, pika.exceptions.AMQPError) as error:
-            logger.warning(
-                "event=publish_failed queue=%s jobs=1 error=%s action='the job waits in the ledger'",
-                job.queue,
-                type(error).__name__,
-            )
+            if isinstance(error, CONNECTION_ERRORS):
+                self.outages.sender.lost(error)
+            else:
+                logger.warning(
+                    "event=publish_failed queue=%s jobs=1 error=%s action='the job waits in the ledger'",
+                    job.queue,
+                    type(error).__name__,
+                )
             try:
                 self.admission.unadmit([job.id])
             except Exception:  # the reaper publishes a stale dispatch again; the send succeeded
                 logger.exception("event=unadmit_failed job=%s", job.id)
             self.dispatcher.request([job.queue])
+            return
+        self.outages.sender.restored()
 
     def enqueue_many(self, messages: Sequence[Message[Any]]) -> list[Message[Any]]:
         """Validate and accept many messages in one ledger transaction per 1,000, then admit their queues.
@@ -367,25 +379,30 @@ class FairlaneBroker(FreshConnectionBroker):
         """Publish an admission round in one AMQP transaction: one broker round trip for all.
 
         The commit returns once RabbitMQ has taken every message (persistent, durable queues),
-        the guarantee a publisher confirm gives, without waiting once per message.
+        the guarantee a publisher confirm gives, without waiting once per message. A connection
+        that died while idle is replaced once (should the lost one have committed after all, a
+        job's second copy is skipped at its start).
         """
         self.declare_queue(queue, ensure=True)
-        channel = self._transaction_channel()
-        try:
-            for job in admitted:
-                # The channel implementation's publish only buffers the frames: the commit below
-                # writes them all at once. (The blocking channel's own basic_publish flushes its
-                # socket once per message, which cost the worker ~40% of its dispatcher's CPU.)
-                channel._impl.basic_publish(
-                    exchange="",
-                    routing_key=self.lane_queue_name(queue, job.lane),
-                    body=job.message.encode(),
-                    properties=self._stored_properties(job),
-                )
-            channel.tx_commit()
-        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
-            del self.connection
-            raise ConnectionClosed(error) from None
+        for attempt in range(2):
+            try:
+                channel = self._transaction_channel()
+                for job in admitted:
+                    # The channel implementation's publish only buffers the frames: the commit
+                    # below writes them all at once. (The blocking channel's own basic_publish
+                    # flushes its socket once per message: ~40% of the dispatcher's CPU.)
+                    channel._impl.basic_publish(
+                        exchange="",
+                        routing_key=self.lane_queue_name(queue, job.lane),
+                        body=job.message.encode(),
+                        properties=self._stored_properties(job),
+                    )
+                channel.tx_commit()
+                return
+            except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
+                del self.connection
+                if attempt:
+                    raise ConnectionClosed(error) from None
 
     def _stored_properties(self, job: AdmittedJob) -> pika.BasicProperties:
         """The AMQP properties of an admitted job's stored message: persistent, with its
@@ -487,7 +504,6 @@ class FairlaneBroker(FreshConnectionBroker):
                 f"message is {len(encoded)} bytes; the limit is {self.settings.max_payload_bytes} "
                 "(FAIRLANE_MAX_PAYLOAD_BYTES): pass a reference to large data instead"
             )
-        run_at = utcnow() + timedelta(milliseconds=delay or 0)
         job = NewJob(
             id=stored.message_id,
             actor=actor.name,
@@ -498,7 +514,7 @@ class FairlaneBroker(FreshConnectionBroker):
             cost=float(cost),
             message=encoded.decode(),
             idempotency_key=key,
-            run_at=run_at,
+            delay=(delay or 0) / 1000,
             rate_key=rate_key,
             rate_tokens=rate_tokens,
         )
@@ -615,7 +631,10 @@ class _FairlaneConsumer(_RabbitmqConsumer):
         except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
             if getattr(error, "reply_code", None) == 404:  # a queue went away: declare it again
                 broker.queues_pending.add(broker.actor_queue_of(queue_name))
+            elif isinstance(error, CONNECTION_ERRORS):
+                broker.outages.worker.lost(error, queue_name)
             raise ConnectionClosed(error) from None
+        broker.outages.worker.restored(queue_name)
 
     def _received(self, _channel: Any, method: Any, properties: Any, body: bytes, *, plain: bool) -> None:
         self._ready.append((method, properties, body, plain))
@@ -631,6 +650,8 @@ class _FairlaneConsumer(_RabbitmqConsumer):
         ) as error:
             if getattr(error, "reply_code", None) == 404:
                 self.broker.queues_pending.add(self.broker.actor_queue_of(self.queue_name))
+            elif isinstance(error, CONNECTION_ERRORS):
+                self.broker.outages.worker.lost(error, self.queue_name)
             raise ConnectionClosed(error) from None
         if not self._ready:
             return None

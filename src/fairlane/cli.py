@@ -16,7 +16,7 @@ from rich.table import Table
 from fairlane import dead_letters
 from fairlane.app import App, get_app
 from fairlane.errors import JobNotFound, LedgerOutdated, SettingsError
-from fairlane.ledger.database import utcnow
+from fairlane.ledger.clock import database_now
 from fairlane.ledger.jobs import Job
 from fairlane.logs import configure_logging
 
@@ -204,7 +204,7 @@ def _cmd_dlq_show(args: argparse.Namespace) -> int:
 def _select_dead(app: App, args: argparse.Namespace) -> list[Job]:
     if getattr(args, "ids", None):
         return [app.jobs.get(job_id) for job_id in args.ids]
-    older_than = utcnow() - args.older_than if args.older_than else None
+    older_than = database_now(app.engine) - args.older_than if args.older_than else None
     return dead_letters.dead_jobs(
         app, actor=args.actor, tenant=args.tenant, queue=args.queue, older_than=older_than
     )
@@ -233,7 +233,7 @@ def _cmd_dlq_purge(args: argparse.Namespace) -> int:
     selected = _select_dead(app, args)
     for queue in _known_queues(app, args.queue):
         app.broker.declare_queue(queue)
-    cutoff = utcnow() - args.older_than
+    cutoff = database_now(app.engine) - args.older_than
     count = _with_progress(
         "purge", selected, lambda report: dead_letters.purge(app, selected, report, raw_before=cutoff)
     )

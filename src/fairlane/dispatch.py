@@ -32,7 +32,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
 
 import pika.exceptions
 import sqlalchemy as sa
@@ -42,6 +41,7 @@ from fairlane.ledger.admission import Admission, AdmittedJob
 from fairlane.ledger.workers import WorkerStore
 from fairlane.notifications import CancelledJobs, LedgerListener
 from fairlane.observability.catalog import JOBS_DEFERRED
+from fairlane.rabbitmq_outages import CONNECTION_ERRORS, Outage, RabbitmqOutages
 from fairlane.settings import Settings
 
 logger = logging.getLogger("fairlane.dispatch")
@@ -71,10 +71,13 @@ class Dispatcher:
         settings: Settings,
         publish_batch: PublishBatch,
         cancelled: CancelledJobs | None = None,
+        outage: Outage | None = None,
     ) -> None:
         self.admission = admission
         self.settings = settings
         self.publish_batch = publish_batch
+        #: Reports losing RabbitMQ, and getting it back, once per outage.
+        self.outage = outage or RabbitmqOutages().dispatcher
         self.workers = WorkerStore(admission.engine)
         #: Jobs cancelled before they started, as heard on the listener (see fairlane.notifications).
         self.cancelled = cancelled if cancelled is not None else CancelledJobs()
@@ -83,7 +86,8 @@ class Dispatcher:
         self._requested: set[str] = set()
         #: Slots freed by starts per queue since its last round.
         self._freed: Counter[str] = Counter()
-        #: Per queue, when a job held back by a rate limit (or a busy turn) may be admitted (epoch s).
+        #: Per queue, when a job held back by a rate limit, a retry's backoff or a busy turn may be
+        #: admitted (this process's monotonic clock: a local timer, the ledger's clock decides).
         self._hints: dict[str, float] = {}
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
@@ -118,13 +122,18 @@ class Dispatcher:
         if due:
             self.request(due)
 
-    def retries_due(self, due: Mapping[str, datetime]) -> None:
-        """Retries of these queues were scheduled: run a round for each when its first is due."""
+    def retries_due(self, due: Mapping[str, float]) -> None:
+        """Retries of these queues were scheduled: run a round for each when its first is due
+        (``due``: per queue, in how many seconds)."""
         with self._lock:
-            for queue, moment in due.items():
-                when = moment.timestamp()
-                self._hints[queue] = min(self._hints.get(queue, when), when)
+            for queue, delay in due.items():
+                self._hint(queue, delay)
         self._wake()
+
+    def _hint(self, queue: str, delay: float) -> None:
+        """Run a round of ``queue`` in ``delay`` seconds, unless one is due sooner (under the lock)."""
+        when = time.monotonic() + delay
+        self._hints[queue] = min(self._hints.get(queue, when), when)
 
     def _wake(self) -> None:
         # A full pipe means a wake-up is pending anyway; a closed one, that nobody listens any more.
@@ -161,17 +170,22 @@ class Dispatcher:
                 queue, self.budget(queue), wait=wait, publish=lambda jobs: self.publish_batch(queue, jobs)
             )
         except (ConnectionClosed, pika.exceptions.AMQPError) as error:
-            logger.warning(
-                "event=publish_failed queue=%s error=%s action='jobs stay pending in the ledger'",
-                queue,
-                type(error).__name__,
-            )
+            if isinstance(error, CONNECTION_ERRORS):
+                self.outage.lost(error)
+            else:
+                logger.warning(
+                    "event=publish_failed queue=%s error=%s action='jobs stay pending in the ledger'",
+                    queue,
+                    type(error).__name__,
+                )
             return 0
         if round_ is None:
             return None
-        if round_.retry_at is not None:
+        if round_.jobs:
+            self.outage.restored()
+        if round_.retry_in is not None:
             with self._lock:
-                self._hints[queue] = min(self._hints.get(queue, round_.retry_at), round_.retry_at)
+                self._hint(queue, round_.retry_in)
         for reason, count in round_.deferred.items():
             JOBS_DEFERRED.labels(queue=queue, actor="", lane="", reason=reason).inc(count)
         return len(round_.jobs)
@@ -233,7 +247,7 @@ class Dispatcher:
         try:
             if self.admit(queue, wait=False) is None:
                 with self._lock:
-                    self._hints[queue] = time.time() + BUSY_RETRY
+                    self._hint(queue, BUSY_RETRY)
         except Exception:
             logger.exception("event=admission_failed queue=%s", queue)
 
@@ -244,7 +258,7 @@ class Dispatcher:
             if self._requested:
                 return
             if self._hints:
-                timeout = min(timeout, min(self._hints.values()) - time.time())
+                timeout = min(timeout, min(self._hints.values()) - time.monotonic())
         if timeout <= 0:
             return
         readable, _, _ = select.select([self._wake_r, *listener.fds()], [], [], timeout)
@@ -255,7 +269,7 @@ class Dispatcher:
 
     def _take_requests(self, listener: LedgerListener) -> set[str]:
         notified = listener.notified()
-        now = time.time()
+        now = time.monotonic()
         with self._lock:
             queues = self._requested | (notified & self._queues)
             self._requested = set()

@@ -6,10 +6,10 @@ import logging
 
 
 def configure_logging(verbose: bool) -> None:
-    """Structured (key=value) log lines on stderr; pika and alembic only from WARNING."""
+    """Structured (key=value) log lines on stderr; alembic only from WARNING (pika: see
+    :func:`fairlane.rabbitmq_outages.silence_pika`)."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
-    for noisy in ("pika", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)

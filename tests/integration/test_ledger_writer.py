@@ -266,8 +266,8 @@ def test_batched_starts_and_finishes_move_a_row_only_from_their_sources(
     restarted = writer.start(restart_job, "q", redelivered=True)
     error = JobError("ValueError", "boom")
     for target, job_id in finish_jobs.items():
-        run_at = utcnow() if target == RETRYING else None
-        writer.finish(Finish(job_id, target, error=None if target == SUCCEEDED else error, run_at=run_at))
+        delay = 0.0 if target == RETRYING else None
+        writer.finish(Finish(job_id, target, error=None if target == SUCCEEDED else error, delay=delay))
     writer.stop()  # flushes every pending finish
 
     # Then a start runs the job exactly when its state is a source of the transition
@@ -302,7 +302,7 @@ def test_a_finish_the_ledger_refuses_does_not_hold_back_the_rest_of_its_batch(
         for index, job_id in enumerate(good[:3]):
             writer.finish(Finish(job_id, SUCCEEDED, result=index, result_json=json.dumps(index)))
         writer.finish(Finish(bad, SUCCEEDED, result=object(), result_json="{not json"))
-        writer.finish(Finish(good[3], RETRYING, error=JobError("E", "again"), run_at=utcnow()))
+        writer.finish(Finish(good[3], RETRYING, error=JobError("E", "again"), delay=0.0))
         writer.finish(Finish(good[4], DEAD, error=JobError("E", "gave up")))
         start, start_out = _in_thread(lambda: writer.start(waiting, "q"))
         _until(lambda: writer.queued() == 7, "whole batch queued")
@@ -332,7 +332,7 @@ def test_nul_characters_in_an_error_are_stored_escaped_not_refused(
     error = JobError("Bad\x00Type", "line\x00one", "Traceback\x00…")
 
     # When their finishes are flushed
-    writer.finish(Finish(retried, RETRYING, error=error, run_at=utcnow()))
+    writer.finish(Finish(retried, RETRYING, error=error, delay=0.0))
     writer.finish(Finish(dead, DEAD, error=error))
     writer.stop()
 
@@ -368,8 +368,8 @@ def test_a_job_that_finished_before_its_start_was_flushed_is_recorded_in_one_wri
     with writer.held(gate):
         for target, job_id in finish_jobs.items():
             writer.started(job_id, "q")
-            run_at = utcnow() if target == RETRYING else None
-            writer.finish(Finish(job_id, target, error=None if target == SUCCEEDED else error, run_at=run_at))
+            delay = 0.0 if target == RETRYING else None
+            writer.finish(Finish(job_id, target, error=None if target == SUCCEEDED else error, delay=delay))
         flushes = writer.flushes
     writer.stop()
 

@@ -138,7 +138,7 @@ def test_reaper_keeps_jobs_of_live_workers_and_honours_cancel_requests(make_app:
         pass
 
     live, orphan, cancelled = (task.send(n).message_id for n in range(3))
-    WorkerStore(app.engine).beat(WorkerBeat("live-host:1", "live-host", 1, [queue], utcnow(), 0, 1))
+    WorkerStore(app.engine).beat(WorkerBeat("live-host:1", "live-host", 1, [queue], 0, 1))
     app.jobs.start(live, "live-host:1")
     app.jobs.start(orphan, "ghost-host:2")
     app.jobs.start(cancelled, "ghost-host:2")

@@ -46,9 +46,9 @@ def test_leader_gauges_describe_the_ledger_and_rabbitmq(make_app: Any, queue: st
     # ... a live worker and one silent for a minute
     workers = WorkerStore(app.engine)
     alive_before = workers.alive_count(30)
-    workers.beat(WorkerBeat("gauge-host:1", "gauge-host", 1, [queue], utcnow(), 0, 0))
+    workers.beat(WorkerBeat("gauge-host:1", "gauge-host", 1, [queue], 0, 0))
     workers.beat(
-        WorkerBeat("gauge-host:2", "gauge-host", 2, [queue], utcnow(), 0, 0),
+        WorkerBeat("gauge-host:2", "gauge-host", 2, [queue], 0, 0),
         now=utcnow() - timedelta(minutes=1),
     )
     time.sleep(0.2)

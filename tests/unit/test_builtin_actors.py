@@ -24,7 +24,7 @@ from dramatiq.broker import MessageProxy
 
 import fairlane
 from fairlane.ledger.admission import NewJob
-from fairlane.ledger.database import create_ledger_engine, migrate, utcnow
+from fairlane.ledger.database import create_ledger_engine, migrate
 from fairlane.ledger.schema import ingested_records
 from fairlane.middleware.context import JobContext
 from fairlane.settings import Settings
@@ -201,7 +201,6 @@ def test_ingest_actor_stores_for_the_running_jobs_tenant_and_reports_progress(bu
     # Given a running ingest job of tenant store-42, as a worker would start it
     app = builtins.app
     job_id = str(uuid.uuid4())
-    now = utcnow()
     app.admission.accept(
         NewJob(
             id=job_id,
@@ -213,7 +212,6 @@ def test_ingest_actor_stores_for_the_running_jobs_tenant_and_reports_progress(bu
             cost=1.0,
             message="{}",
             idempotency_key=None,
-            run_at=now,
         )
     )
     app.jobs.start(job_id, "worker-1")

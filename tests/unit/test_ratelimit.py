@@ -111,15 +111,16 @@ def test_ledger_budget_is_shared_and_pause_blocks_until_it_ends(limits: RateLimi
     with limits.engine.begin() as connection:
         # When two spends come at the same moment, then only the first is allowed
         assert limits.try_spend(connection, "api", 0, now=1000.0) is None
-        retry_at = limits.try_spend(connection, "api", 0, now=1000.0)
-        assert retry_at is not None and 1000.9 < retry_at < 1001.1
+        retry_in = limits.try_spend(connection, "api", 0, now=1000.0)
+        assert retry_in is not None and 0.9 < retry_in < 1.1
 
     # When the key is paused, then nothing is allowed until the pause ends
     limits.pause("api", 30)
-    paused_until = limits.paused_until("api")
+    pause = limits.pause_of("api")
+    assert 29 < pause.remaining <= 30
     with limits.engine.begin() as connection:
-        assert limits.try_spend(connection, "api", 0, now=paused_until - 1) == paused_until
-        assert limits.try_spend(connection, "api", 0, now=paused_until + 2) is None
+        assert limits.try_spend(connection, "api", 0, now=pause.until - 1) == pytest.approx(1.0)
+        assert limits.try_spend(connection, "api", 0, now=pause.until + 2) is None
 
 
 def test_unknown_key_is_an_error(limits: RateLimits) -> None:

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fairlane.ledger.admission import Accepted, Admission, NewJob
-from fairlane.ledger.database import create_ledger_engine, migrate, utcnow
+from fairlane.ledger.database import create_ledger_engine, migrate
 from fairlane.ledger.ratelimits import RateLimits
 from fairlane.ledger.schema import jobs, tenants
 from fairlane.settings import Settings
@@ -40,7 +40,7 @@ def admission(tmp_path: Path) -> Iterator[Admission]:
 def _accept(admission: Admission, tenant: str, lane: str = "normal", cost: float = 1.0) -> str:
     job_id = str(uuid.uuid4())
     message = f'{{"tenant": "{tenant}"}}'
-    admission.accept(NewJob(job_id, "a", "q", tenant, lane, LANE_RANK[lane], cost, message, None, utcnow()))
+    admission.accept(NewJob(job_id, "a", "q", tenant, lane, LANE_RANK[lane], cost, message, None))
     return job_id
 
 
@@ -231,22 +231,19 @@ def test_fairness_off_is_first_come_first_served(tmp_path: Path) -> None:
 
 def test_idempotency_key_returns_the_first_job(admission: Admission) -> None:
     # Given a job accepted with a key
-    first = NewJob("id-1", "a", "q", "store-1", "normal", 2, 1.0, "{}", "k", utcnow())
+    first = NewJob("id-1", "a", "q", "store-1", "normal", 2, 1.0, "{}", "k")
     assert admission.accept(first) == Accepted("id-1", created=True, dispatched=False)
 
     # When another job with the same tenant and key arrives, then it maps to the first
-    again = NewJob("id-2", "a", "q", "store-1", "normal", 2, 1.0, "{}", "k", utcnow())
+    again = NewJob("id-2", "a", "q", "store-1", "normal", 2, 1.0, "{}", "k")
     assert admission.accept(again) == Accepted("id-1", created=False, dispatched=False)
-    other_tenant = NewJob("id-3", "a", "q", "store-2", "normal", 2, 1.0, "{}", "k", utcnow())
+    other_tenant = NewJob("id-3", "a", "q", "store-2", "normal", 2, 1.0, "{}", "k")
     assert admission.accept(other_tenant) == Accepted("id-3", created=True, dispatched=False)
 
 
 def test_accept_many_keeps_fair_order_across_batches(admission: Admission) -> None:
     # Given a flood accepted in one batch, then a light tenant's job
-    batch = [
-        NewJob(str(uuid.uuid4()), "a", "q", "noisy", "normal", 2, 1.0, "{}", None, utcnow())
-        for _ in range(50)
-    ]
+    batch = [NewJob(str(uuid.uuid4()), "a", "q", "noisy", "normal", 2, 1.0, "{}", None) for _ in range(50)]
     admission.accept_many(batch)
     light = _accept(admission, "light")
 

@@ -156,14 +156,13 @@ def _row(engine: sa.Engine, job_id: str) -> dict[str, Any]:
 
 def _parameters(job_id: str) -> dict[str, Any]:
     """Every parameter any of the statements takes (each ignores those it doesn't)."""
-    now = utcnow()
     return {
         "p_id": job_id,
-        "p_now": now,
         "p_worker": "new-worker",
         "p_result": {"ok": True},
         "p_result_path": None,
-        "p_run_at": now + timedelta(seconds=30),
+        "p_run_at": utcnow() + timedelta(seconds=30),
+        "p_delay": 30.0,
         "p_error_type": "ValueError",
         "p_error_message": "boom",
         "p_error_traceback": "Traceback …",

@@ -12,6 +12,11 @@ flood waits here, not in front of other tenants. Each free slot goes to:
 and within the lane to the job with the lowest ``(pass, id)`` whose tenant is under its
 concurrency cap and whose rate-limit key can afford it. Jobs passed over stay pending: no
 worker slot, no retry spent.
+
+Whether a job is due (its delay or backoff over) is decided on the ledger's clock
+(:mod:`fairlane.ledger.clock`): a job's ``next_run_at`` is written as the ledger's ``now`` plus
+its delay, and compared with the ledger's ``now``, so senders and dispatchers with skewed
+clocks agree. So is the first-come pass of ``fairness=False``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,7 +33,8 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy.dialects import postgresql, sqlite
 
 from fairlane.ledger import transitions
-from fairlane.ledger.database import as_utc, utcnow
+from fairlane.ledger.clock import database_now, ledger_now
+from fairlane.ledger.database import as_utc
 from fairlane.ledger.ratelimits import RateLimits
 from fairlane.ledger.schema import (
     BACKLOG_PREDICATE,
@@ -69,7 +75,8 @@ class NewJob:
     cost: float
     message: str
     idempotency_key: str | None
-    run_at: datetime
+    #: Seconds after its acceptance (on the ledger's clock) before the job may run.
+    delay: float = 0.0
     rate_key: str | None = None
     rate_tokens: float | None = None
 
@@ -83,6 +90,8 @@ class Accepted:
     created: bool
     #: True when the job took a free slot of an idle queue: the sender publishes it now.
     dispatched: bool
+    #: Since when a dispatched job is runnable (its acceptance, on the ledger's clock).
+    runnable_since: datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,8 +112,8 @@ class Admitted:
     """The outcome of one admission round."""
 
     jobs: list[AdmittedJob]
-    #: Epoch seconds at which a job held back by a rate limit may be affordable.
-    retry_at: float | None = None
+    #: In how many seconds a job held back by a rate limit may be affordable.
+    retry_in: float | None = None
     #: How many candidates were held back, by reason (``concurrency``, ``ratelimit``).
     deferred: Counter[str] = dataclasses.field(default_factory=Counter)
 
@@ -162,29 +171,32 @@ class Admission:
         When the tenant already has a job with the same idempotency key (or the message id
         exists), nothing is inserted and that job's id is returned, not ``created``.
         """
-        now = utcnow()
         self._ensure_queue_row(job.queue)
         eligible = (
             budget is not None
             and job.rate_key is None
-            and job.run_at <= now
+            and job.delay <= 0
             and not (self.settings.fairness and self._caps_apply(None, job.queue))
         )
         if self._postgresql:
-            state = self._accept_pg(job, now, budget if eligible else None)
-            if state is None:
+            accepted = self._accept_pg(job, budget if eligible else None)
+            if accepted is None:
                 return Accepted(self._existing_id(job), created=False, dispatched=False)
-            return Accepted(job.id, created=True, dispatched=state == DISPATCHED)
+            state, runnable_since = accepted
+            dispatched = state == DISPATCHED
+            return Accepted(job.id, created=True, dispatched=dispatched, runnable_since=runnable_since)
         with self.engine.begin() as connection:
             if job.idempotency_key is not None:
                 existing = self._job_with_key(connection, job.tenant, job.idempotency_key)
                 if existing is not None:
                     return Accepted(existing, created=False, dispatched=False)
-            idle = eligible and self._idle(connection, job, now, budget or 0)
+            now = database_now(connection)
+            idle = eligible and self._idle(connection, job, budget or 0)
             if idle:
-                stride_pass = self._virtual_time(connection, job.queue, job.lane)
+                stride_pass = self._virtual_time(connection, job.queue, job.lane, now)
             else:
-                stride_pass = self._next_passes(connection, job.queue, job.lane, job.tenant, [job.cost])[0]
+                passes = self._next_passes(connection, job.queue, job.lane, job.tenant, [job.cost], now)
+                stride_pass = passes[0]
             row = self._row(job, stride_pass, now)
             if idle:
                 row.update(state=DISPATCHED, dispatched_at=now)
@@ -193,10 +205,11 @@ class Admission:
                 # A concurrent send with the same key (or a resent message id) won the race.
                 existing = self._job_with_key(connection, job.tenant, job.idempotency_key) or job.id
                 return Accepted(existing, created=False, dispatched=False)
-        return Accepted(job.id, created=True, dispatched=idle)
+        return Accepted(job.id, created=True, dispatched=idle, runnable_since=now if idle else None)
 
-    def _accept_pg(self, job: NewJob, now: datetime, budget: int | None) -> str | None:
-        """The one-statement accept on PostgreSQL; the new row's state, or None if it existed."""
+    def _accept_pg(self, job: NewJob, budget: int | None) -> tuple[str, datetime] | None:
+        """The one-statement accept on PostgreSQL: the new row's state and ``next_run_at``, or None
+        if it existed."""
         fair = self.settings.fairness
         weight = self.tenant_settings().get(job.tenant, (1.0, None))[0] if fair else 1.0
         parameters = {
@@ -211,15 +224,13 @@ class Admission:
             "key": job.idempotency_key,
             "rate_key": job.rate_key,
             "rate_tokens": job.rate_tokens,
-            "now": now,
-            "run_at": max(job.run_at, now),
+            "delay": max(job.delay, 0.0),
             "eligible": budget is not None,
             "budget": budget or 0,
             "overtake_budget": _overtake_budget(budget or 0),
             "fair": fair,
             "increment": job.cost / weight,
-            "fifo_pass": time.time(),
-            "notify": job.run_at <= now,
+            "notify": job.delay <= 0,
         }
         dbapi = self.engine.dialect.loaded_dbapi
         with self._autocommit.connect() as connection:
@@ -230,18 +241,21 @@ class Admission:
                 # SQLAlchemy did not see this driver error: keep the broken connection out of the pool.
                 connection.invalidate()
                 raise
-        return None if row is None else str(row[0])
+        return None if row is None else (str(row[0]), row[1])
 
     def _existing_id(self, job: NewJob) -> str:
         with self.engine.connect() as connection:
             return self._job_with_key(connection, job.tenant, job.idempotency_key) or job.id
 
-    def _idle(self, connection: sa.Connection, job: NewJob, now: datetime, budget: int) -> bool:
+    def _idle(self, connection: sa.Connection, job: NewJob, budget: int) -> bool:
         """Whether ``job`` may take a slot now (SQLite; see :meth:`accept`)."""
 
         def due(*rank_condition: sa.ColumnElement[bool]) -> bool:
             query = sa.select(jobs.c.id).where(
-                jobs.c.queue == job.queue, BACKLOG_PREDICATE, jobs.c.next_run_at <= now, *rank_condition
+                jobs.c.queue == job.queue,
+                BACKLOG_PREDICATE,
+                jobs.c.next_run_at <= ledger_now(),
+                *rank_condition,
             )
             return connection.execute(query.limit(1)).first() is not None
 
@@ -252,26 +266,31 @@ class Admission:
             return True
         return dispatched < _overtake_budget(budget) and due(jobs.c.lane_rank > job.lane_rank)
 
-    def _virtual_time(self, connection: sa.Connection, queue: str, lane: str) -> float:
+    def _virtual_time(self, connection: sa.Connection, queue: str, lane: str, now: datetime) -> float:
         if not self.settings.fairness:
-            return time.time()
+            return now.timestamp()
         value = connection.execute(
             sa.select(lanes.c.virtual_time).where(lanes.c.queue == queue, lanes.c.lane == lane)
         ).scalar()
         return float(value or 0.0)
 
     def accept_many(self, batch: Sequence[NewJob]) -> None:
-        """Insert many pending jobs (no idempotency keys) in one transaction, in fair order."""
+        """Insert many pending jobs (no idempotency keys) in one transaction, in fair order.
+
+        The transaction reads the ledger's clock once: COPY writes values, not expressions.
+        """
         groups: dict[tuple[str, str, str], list[NewJob]] = {}
         for queue in {job.queue for job in batch}:
             self._ensure_queue_row(queue)
         for job in batch:
             groups.setdefault((job.queue, job.lane, job.tenant), []).append(job)
-        now = utcnow()
         with self.engine.begin() as connection:
+            now = database_now(connection)
             rows = []
             for (queue, lane, tenant), members in groups.items():
-                passes = self._next_passes(connection, queue, lane, tenant, [job.cost for job in members])
+                passes = self._next_passes(
+                    connection, queue, lane, tenant, [job.cost for job in members], now
+                )
                 rows += [
                     self._row(job, stride_pass, now) for job, stride_pass in zip(members, passes, strict=True)
                 ]
@@ -287,6 +306,7 @@ class Admission:
                 connection.execute(self._statements.notify, {"p_queue": queue})
 
     def _row(self, job: NewJob, stride_pass: float, now: datetime) -> dict[str, Any]:
+        """The job's row as accepted at ``now`` (the ledger's clock)."""
         return {
             "id": job.id,
             "actor": job.actor,
@@ -302,7 +322,7 @@ class Admission:
             "rate_key": job.rate_key,
             "rate_tokens": job.rate_tokens,
             "enqueued_at": now,
-            "next_run_at": max(job.run_at, now),
+            "next_run_at": now + timedelta(seconds=max(job.delay, 0.0)),
             "updated_at": now,
         }
 
@@ -328,7 +348,6 @@ class Admission:
         """
         if self._postgresql and not (self.settings.fairness and self._caps_apply(None, queue)):
             return self._admit_pg(queue, budget, wait, publish)
-        now = utcnow()
         with self.engine.begin() as connection:
             dispatched = self._lock_queue(connection, queue, wait)
             if dispatched is None:
@@ -341,7 +360,7 @@ class Admission:
             if capped:
                 state.live = self._live_per_tenant(connection, queue)
                 state.caps = self._caps(connection, queue, state.live)
-            candidates = self._candidates(connection, queue, now, state, capped)
+            candidates = self._candidates(connection, queue, state, capped)
             contended = sum(1 for rows in candidates if rows) > 1
             stored_credits = self._credits(connection, queue) if contended else [0.0] * len(candidates)
             credits = list(stored_credits)
@@ -351,13 +370,13 @@ class Admission:
                 for row in chosen
             ]
             if chosen:
-                self._dispatch(connection, queue, chosen, now)
+                self._dispatch(connection, queue, chosen)
                 if contended:
                     self._save_credits(connection, queue, stored_credits, credits)
                 if publish is not None:
                     publish(admitted)
-        retry_at = min(state.blocked_keys.values()) if state.blocked_keys else None
-        return Admitted(admitted, retry_at, state.deferred)
+        retry_in = min(state.blocked_keys.values()) if state.blocked_keys else None
+        return Admitted(admitted, retry_in, state.deferred)
 
     def _admit_pg(
         self,
@@ -394,12 +413,11 @@ class Admission:
                     per_lane[row.lane_rank].append(row)
             present = [rank for rank, lane_rows in enumerate(per_lane) if lane_rows]
             if self.settings.fairness and present:
-                now = utcnow()
                 for rank in rows[0].owed_ranks or ():
                     if rank > max(present):  # a lower lane with a share and due jobs
                         per_lane[rank] = list(
                             connection.execute(
-                                self._backlog_query(queue, now, [], room * parameters["factor"], rank)
+                                self._backlog_query(queue, [], room * parameters["factor"], rank)
                             )
                         )
             contended = sum(1 for lane_rows in per_lane if lane_rows) > 1
@@ -418,8 +436,8 @@ class Admission:
                 )
                 if publish is not None:
                     publish(admitted)
-        retry_at = min(state.blocked_keys.values()) if state.blocked_keys else None
-        return Admitted(admitted, retry_at, state.deferred)
+        retry_in = min(state.blocked_keys.values()) if state.blocked_keys else None
+        return Admitted(admitted, retry_in, state.deferred)
 
     def _close_parameters(
         self, queue: str, chosen: list[Any], stored: list[float], credits: list[float], contended: bool
@@ -448,7 +466,7 @@ class Admission:
         }
 
     def _candidates(
-        self, connection: sa.Connection, queue: str, now: datetime, state: _Round, capped: bool
+        self, connection: sa.Connection, queue: str, state: _Round, capped: bool
     ) -> list[list[Any]]:
         """Per lane, the first due backlog jobs in stride order (locked, skipping locked ones).
 
@@ -458,7 +476,7 @@ class Admission:
         excluded = [tenant for tenant in state.live if capped and state.tenant_full(tenant)]
         limit = state.room * 2 if capped or self.rate_limits.budgets else state.room
         per_lane: list[list[Any]] = [[] for _ in self.lane_names]
-        for row in connection.execute(self._backlog_query(queue, now, excluded, limit)):
+        for row in connection.execute(self._backlog_query(queue, excluded, limit)):
             per_lane[row.lane_rank].append(row)
         present = [rank for rank, rows in enumerate(per_lane) if rows]
         below = [
@@ -468,12 +486,12 @@ class Admission:
         ]
         if below:
             due = connection.execute(
-                sa.select(*[sa.exists(self._backlog_query(queue, now, excluded, 1, rank)) for rank in below])
+                sa.select(*[sa.exists(self._backlog_query(queue, excluded, 1, rank)) for rank in below])
             ).one()
             for rank, has_backlog in zip(below, due, strict=True):
                 if has_backlog:
                     per_lane[rank] = list(
-                        connection.execute(self._backlog_query(queue, now, excluded, limit, rank))
+                        connection.execute(self._backlog_query(queue, excluded, limit, rank))
                     )
         if capped:
             state.caps.update(
@@ -482,7 +500,7 @@ class Admission:
         return per_lane
 
     def _backlog_query(
-        self, queue: str, now: datetime, excluded: list[str], limit: int, rank: int | None = None
+        self, queue: str, excluded: list[str], limit: int, rank: int | None = None
     ) -> sa.Select[Any]:
         query = (
             sa.select(
@@ -497,7 +515,7 @@ class Admission:
                 jobs.c.attempts,
                 jobs.c.next_run_at,
             )
-            .where(jobs.c.queue == queue, BACKLOG_PREDICATE, jobs.c.next_run_at <= now)
+            .where(jobs.c.queue == queue, BACKLOG_PREDICATE, jobs.c.next_run_at <= ledger_now())
             .order_by(jobs.c.lane_rank, jobs.c.stride_pass, jobs.c.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -554,16 +572,14 @@ class Admission:
     def _afford(self, connection: sa.Connection, row: Any, state: _Round) -> bool:
         if row.rate_key in state.blocked_keys:
             return False
-        retry_at = self.rate_limits.try_spend(
-            connection, row.rate_key, float(row.rate_tokens or 0.0), time.time()
-        )
-        if retry_at is None:
+        retry_in = self.rate_limits.try_spend(connection, row.rate_key, float(row.rate_tokens or 0.0))
+        if retry_in is None:
             return True
-        state.blocked_keys[row.rate_key] = retry_at
+        state.blocked_keys[row.rate_key] = retry_in
         return False
 
-    def _dispatch(self, connection: sa.Connection, queue: str, chosen: list[Any], now: datetime) -> None:
-        connection.execute(self._statements.dispatch, {"p_ids": [row.id for row in chosen], "p_now": now})
+    def _dispatch(self, connection: sa.Connection, queue: str, chosen: list[Any]) -> None:
+        connection.execute(self._statements.dispatch, {"p_ids": [row.id for row in chosen]})
         if not self.settings.fairness:
             return
         for lane in {row.lane for row in chosen}:
@@ -578,12 +594,11 @@ class Admission:
             connection.execute(
                 jobs.update()
                 .where(jobs.c.id.in_(job_ids), transitions.UNADMIT.guard)
-                .values(state=transitions.UNADMIT.target, dispatched_at=None, updated_at=utcnow())
+                .values(state=transitions.UNADMIT.target, dispatched_at=None, updated_at=ledger_now())
             )
 
     def requeue_dead(self, job_id: str) -> str | None:
         """Put a dead job back in the backlog with its attempts reset; returns its queue."""
-        now = utcnow()
         with self.engine.begin() as connection:
             row = connection.execute(
                 sa.select(jobs.c.queue, jobs.c.lane, jobs.c.tenant, jobs.c.cost)
@@ -592,7 +607,8 @@ class Admission:
             ).first()
             if row is None:
                 return None
-            stride_pass = self._next_passes(connection, row.queue, row.lane, row.tenant, [row.cost])[0]
+            now = database_now(connection)
+            stride_pass = self._next_passes(connection, row.queue, row.lane, row.tenant, [row.cost], now)[0]
             connection.execute(
                 jobs.update()
                 .where(jobs.c.id == job_id, transitions.REQUEUE_DEAD.guard)
@@ -614,8 +630,7 @@ class Admission:
     def backlog_counts(self, queue: str) -> tuple[int, int]:
         """``(now, later)``: jobs of ``queue`` left to run now (waiting and due, dispatched or
         running) and later (waiting for a delay or a retry backoff)."""
-        now = utcnow()
-        later = sa.and_(BACKLOG_PREDICATE, jobs.c.next_run_at > now)
+        later = sa.and_(BACKLOG_PREDICATE, jobs.c.next_run_at > ledger_now())
         query = sa.select(sa.func.count(), sa.func.count().filter(later)).where(
             jobs.c.queue == queue, sa.or_(BACKLOG_PREDICATE, LIVE_PREDICATE)
         )
@@ -625,7 +640,7 @@ class Admission:
 
     def drop_backlog(self, queue: str) -> int:
         """Cancel every job of ``queue`` that has not started (a flushed queue); returns how many."""
-        now = utcnow()
+        now = ledger_now()
         with self.engine.begin() as connection:
             return connection.execute(
                 jobs.update()
@@ -690,11 +705,18 @@ class Admission:
         ).scalar_one_or_none()
 
     def _next_passes(
-        self, connection: sa.Connection, queue: str, lane: str, tenant: str, costs: Sequence[float]
+        self,
+        connection: sa.Connection,
+        queue: str,
+        lane: str,
+        tenant: str,
+        costs: Sequence[float],
+        now: datetime,
     ) -> list[float]:
-        """Stride passes for a tenant's next jobs in a lane, recording the last one."""
+        """Stride passes for a tenant's next jobs in a lane, recording the last one (without
+        fairness: ``now``, the ledger's clock, in epoch seconds: first come, first served)."""
         if not self.settings.fairness:
-            return [time.time()] * len(costs)
+            return [now.timestamp()] * len(costs)
         weight = self.tenant_settings(connection).get(tenant, (1.0, None))[0]
         increments = [cost / weight for cost in costs]
         rest = sum(increments[1:])
@@ -795,7 +817,7 @@ class _Statements:
         lock = sa.select(self.dispatched_count.scalar_subquery()).where(queues.c.name == queue)
         self.lock_queue = lock.with_for_update(of=queues)
         self.try_lock_queue = lock.with_for_update(of=queues, skip_locked=True)
-        now: sa.BindParameter[datetime] = sa.bindparam("p_now")
+        now = ledger_now()
         ids = sa.bindparam("p_ids", type_=sa.ARRAY(sa.String)) if postgres else None
         self.dispatch = (
             jobs.update()
@@ -839,7 +861,9 @@ _COPY_COLUMNS = (
 _COPY_JOBS = f"COPY fairlane_jobs ({', '.join(_COPY_COLUMNS)}) FROM STDIN"
 
 #: The accept of one job on PostgreSQL, in one statement: the idle check, the tenant's stride
-#: pass (only when the job waits), the insert, and a NOTIFY to the queue's dispatchers.
+#: pass (only when the job waits), the insert, and a NOTIFY to the queue's dispatchers. Its
+#: times are the server's ``now()`` (the job's ``delay`` counts from it); it returns the new
+#: row's state and ``next_run_at``.
 _ACCEPT_PG = f"""
 WITH vt AS (
   SELECT coalesce(
@@ -850,11 +874,11 @@ WITH vt AS (
          < CASE WHEN EXISTS (
                   SELECT 1 FROM fairlane_jobs
                   WHERE queue = %(queue)s AND {BACKLOG_PREDICATE} AND lane_rank > %(rank)s
-                    AND next_run_at <= %(now)s)
+                    AND next_run_at <= now())
                 THEN %(overtake_budget)s ELSE %(budget)s END
      AND NOT EXISTS (
        SELECT 1 FROM fairlane_jobs
-       WHERE queue = %(queue)s AND {BACKLOG_PREDICATE} AND lane_rank <= %(rank)s AND next_run_at <= %(now)s
+       WHERE queue = %(queue)s AND {BACKLOG_PREDICATE} AND lane_rank <= %(rank)s AND next_run_at <= now()
      ) AS free
 ), pass AS (
   INSERT INTO fairlane_tenant_passes (queue, lane, tenant, last_pass)
@@ -870,17 +894,17 @@ WITH vt AS (
   SELECT %(id)s::text, %(actor)s::text, %(queue)s::text, %(tenant)s::text, %(lane)s::text,
     %(rank)s::smallint,
     CASE WHEN room.free THEN '{DISPATCHED}' ELSE '{PENDING}' END,
-    CASE WHEN NOT %(fair)s THEN %(fifo_pass)s::float8
+    CASE WHEN NOT %(fair)s THEN extract(epoch FROM now())::float8
          ELSE coalesce((SELECT last_pass FROM pass), vt.t) END,
     %(cost)s::float8, 0, %(message)s::text, %(key)s::text, %(rate_key)s::text, %(rate_tokens)s::float8,
-    false, %(now)s::timestamptz, %(run_at)s::timestamptz,
-    CASE WHEN room.free THEN %(now)s::timestamptz END, %(now)s::timestamptz
+    false, now(), now() + make_interval(secs => %(delay)s::float8),
+    CASE WHEN room.free THEN now() END, now()
   FROM room, vt
   ON CONFLICT DO NOTHING
-  RETURNING state
+  RETURNING state, next_run_at
 )
-SELECT state, CASE WHEN state = '{PENDING}' AND %(notify)s
-                   THEN pg_notify('{ADMISSION_CHANNEL}', %(queue)s) END
+SELECT state, next_run_at, CASE WHEN state = '{PENDING}' AND %(notify)s
+                                THEN pg_notify('{ADMISSION_CHANNEL}', %(queue)s) END
 FROM job
 """
 

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from fairlane.fairlane_error import FairlaneError
 from fairlane.ledger import transitions
-from fairlane.ledger.database import as_utc, utcnow
+from fairlane.ledger.database import as_utc
 from fairlane.ledger.schema import (
     BACKLOG_PREDICATE,
     CANCELLED,
@@ -309,9 +309,7 @@ class JobStore:
         """
         statement = transitions.RESTART_ONE if redelivered else transitions.START_ONE
         with self._single_statement.begin() as connection:
-            row = connection.execute(
-                statement, {"p_id": job_id, "p_now": utcnow(), "p_worker": worker_id}
-            ).first()
+            row = connection.execute(statement, {"p_id": job_id, "p_worker": worker_id}).first()
             if row is not None:
                 return Start(StartDecision.RUN, row.attempts, as_utc(row.next_run_at))
             exists = connection.execute(sa.select(jobs.c.id).where(jobs.c.id == job_id)).first()
@@ -319,15 +317,16 @@ class JobStore:
 
     def kill(self, job_id: str, error: JobError) -> None:
         """Dead-letter a job that can never run: no more attempts; its message goes to the dead letters."""
-        self._run(transitions.KILL_ONE, p_id=job_id, p_now=utcnow(), **_error_values(error))
+        self._run(transitions.KILL_ONE, p_id=job_id, **_error_values(error))
 
     def defer(self, job_id: str, until: datetime) -> None:
-        """Send a dispatched job back to the backlog until ``until``, without counting an attempt."""
-        self._run(transitions.DEFER_ONE, p_id=job_id, p_now=utcnow(), p_run_at=until)
+        """Send a dispatched job back to the backlog until ``until`` (a time read from the ledger's
+        clock, e.g. a rate-limit pause's end), without counting an attempt."""
+        self._run(transitions.DEFER_ONE, p_id=job_id, p_run_at=until)
 
     def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
         """Store a running job's progress."""
-        self._run(transitions.PROGRESS_ONE, p_id=job_id, p_now=utcnow(), p_progress=progress)
+        self._run(transitions.PROGRESS_ONE, p_id=job_id, p_progress=progress)
 
     def _run(self, statement: sa.Update, **parameters: Any) -> None:
         """Run a one-statement transition (on PostgreSQL in autocommit: one round trip, not three)."""
@@ -343,11 +342,10 @@ class JobStore:
         asked to stop (its worker interrupts it within ``cancel_poll_interval``); a finished job
         is left as it is. Returns the job as it is now.
         """
-        now = utcnow()
         with self.engine.begin() as connection:
-            cancelled = connection.execute(transitions.CANCEL_ONE, {"p_id": job_id, "p_now": now}).rowcount
+            cancelled = connection.execute(transitions.CANCEL_ONE, {"p_id": job_id}).rowcount
             if not cancelled:
-                connection.execute(transitions.REQUEST_CANCEL_ONE, {"p_id": job_id, "p_now": now})
+                connection.execute(transitions.REQUEST_CANCEL_ONE, {"p_id": job_id})
             elif connection.dialect.name == "postgresql":
                 # Delivered at commit: a worker holding the job's message skips it.
                 connection.execute(sa.select(sa.func.pg_notify(CANCEL_CHANNEL, job_id)))

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
-from fairlane.ledger.database import utcnow
+from fairlane.ledger.clock import ledger_now
 from fairlane.ledger.schema import (
     BACKLOG_PREDICATE,
     CANCELLED,
@@ -46,7 +46,7 @@ class LaneStats:
 
 def lane_stats(engine: sa.Engine, window: timedelta = timedelta(minutes=5)) -> list[LaneStats]:
     """Every (queue, lane) with unfinished jobs or finishes within ``window``, by queue and lane."""
-    since = utcnow() - window
+    since = ledger_now(-window.total_seconds())
     counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
     with engine.connect() as connection:
         unfinished = connection.execute(

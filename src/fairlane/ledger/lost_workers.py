@@ -19,7 +19,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from fairlane.ledger import transitions
-from fairlane.ledger.database import utcnow
 from fairlane.ledger.jobs import JobError, error_columns
 from fairlane.ledger.schema import RUNNING, jobs
 
@@ -77,7 +76,6 @@ class LostAttempts:
         )
         parameters: dict[str, Any] = {
             "p_id": attempt.job_id,
-            "p_now": utcnow(),
             "p_error_type": error_type,
             "p_error_message": message,
             "p_error_traceback": traceback,

@@ -1,22 +1,36 @@
-"""Rate-limit state in the ledger: GCRA arrival times and pauses per key, shared by all workers."""
+"""Rate-limit state in the ledger: GCRA arrival times and pauses per key, shared by all workers.
+
+Arrival times and pauses are epoch seconds on the ledger's clock (:mod:`fairlane.ledger.clock`),
+read with the key's row: workers whose clocks disagree spend one budget alike.
+"""
 
 from __future__ import annotations
 
-import time
+import dataclasses
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from fairlane.ledger.budgets import WINDOW, Budget
+from fairlane.ledger.clock import ledger_epoch, ledger_now
 from fairlane.ledger.schema import jobs, rate_limits
 from fairlane.settings import RateLimit
 
 
 class UnknownRateLimit(KeyError):
     """A rate-limit key that settings don't declare."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pause:
+    """A key's pause as the ledger's clock saw it when read."""
+
+    #: Epoch seconds on the ledger's clock at which the pause ends (0 or past: not paused).
+    until: float
+    #: Seconds it had left when read (0: not paused).
+    remaining: float
 
 
 class RateLimits:
@@ -35,18 +49,22 @@ class RateLimits:
         except KeyError:
             raise UnknownRateLimit(key) from None
 
-    def try_spend(self, connection: sa.Connection, key: str, tokens: float, now: float) -> float | None:
+    def try_spend(
+        self, connection: sa.Connection, key: str, tokens: float, now: float | None = None
+    ) -> float | None:
         """Spend one request and ``tokens`` of ``key`` inside the caller's transaction.
 
-        Returns None when spent, else the earliest time to try again (a pause counts too).
+        Returns None when spent, else in how many seconds to try again (a pause counts too).
+        ``now`` is epoch seconds on the ledger's clock, read with the key's row when not given.
         """
         budget = self.budget(key)
         row = self._lock(connection, key)
-        if row.paused_until > now:
-            return float(row.paused_until)
-        state, retry_at = budget.spend((row.requests_tat, row.tokens_tat), now, tokens)
+        moment = float(row.now) if now is None else now
+        if row.paused_until > moment:
+            return float(row.paused_until) - moment
+        state, retry_at = budget.spend((row.requests_tat, row.tokens_tat), moment, tokens)
         if state is None:
-            return retry_at
+            return retry_at - moment
         connection.execute(
             rate_limits.update()
             .where(rate_limits.c.key == key)
@@ -68,22 +86,24 @@ class RateLimits:
     def pause(self, key: str, seconds: float) -> None:
         """Stop spending from ``key`` for ``seconds`` (extends, never shortens, a pause)."""
         self.budget(key)
-        until = time.time() + seconds
         with self.engine.begin() as connection:
             row = self._lock(connection, key)
             connection.execute(
                 rate_limits.update()
                 .where(rate_limits.c.key == key)
-                .values(paused_until=max(row.paused_until, until))
+                .values(paused_until=max(row.paused_until, row.now + seconds))
             )
 
-    def paused_until(self, key: str) -> float:
-        """Epoch seconds until which ``key`` is paused (0 or past: not paused)."""
+    def pause_of(self, key: str) -> Pause:
+        """The pause of ``key`` as of now."""
         with self.engine.connect() as connection:
-            value = connection.execute(
-                sa.select(rate_limits.c.paused_until).where(rate_limits.c.key == key)
-            ).scalar_one_or_none()
-        return float(value or 0.0)
+            row = connection.execute(
+                sa.select(rate_limits.c.paused_until, ledger_epoch()).where(rate_limits.c.key == key)
+            ).first()
+        if row is None:
+            return Pause(0.0, 0.0)
+        until, now = float(row[0] or 0.0), float(row[1])
+        return Pause(until, max(0.0, until - now))
 
     def usage(self, key: str) -> dict[str, tuple[float, float]]:
         """Requests and tokens spent on ``key`` in the last minute, with their limits.
@@ -91,11 +111,10 @@ class RateLimits:
         Counted from the jobs admitted (charged) in the last 60 s, e.g. ``{"requests": (387, 450)}``.
         """
         limit = self.limits[key]
-        cutoff = datetime.fromtimestamp(time.time() - WINDOW, UTC)
         with self.engine.connect() as connection:
             count, tokens = connection.execute(
                 sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(jobs.c.rate_tokens), 0.0)).where(
-                    jobs.c.rate_key == key, jobs.c.dispatched_at >= cutoff
+                    jobs.c.rate_key == key, jobs.c.dispatched_at >= ledger_now(-WINDOW)
                 )
             ).one()
         usage = {"requests": (float(count), limit.requests_per_minute)}
@@ -104,9 +123,15 @@ class RateLimits:
         return usage
 
     def _lock(self, connection: sa.Connection, key: str) -> Any:
+        """Lock the key's row (creating it): its state, and ``now`` on the ledger's clock."""
         connection.execute(self._insert(rate_limits).values(key=key).on_conflict_do_nothing())
         return connection.execute(
-            sa.select(rate_limits.c.requests_tat, rate_limits.c.tokens_tat, rate_limits.c.paused_until)
+            sa.select(
+                rate_limits.c.requests_tat,
+                rate_limits.c.tokens_tat,
+                rate_limits.c.paused_until,
+                ledger_epoch().label("now"),
+            )
             .where(rate_limits.c.key == key)
             .with_for_update()
         ).one()

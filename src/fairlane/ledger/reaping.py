@@ -3,6 +3,10 @@
 Every write here is a short transaction over a bounded batch of rows (``FOR UPDATE SKIP
 LOCKED`` on PostgreSQL), so the scheduler never holds long locks against workers, and each
 is safe to run twice: it re-checks the state it changes.
+
+Cutoffs are taken ``now``, the ledger's current time, which each scheduler task reads once per
+run (:func:`fairlane.ledger.clock.database_now`): heartbeats, starts and dispatches are the
+ledger's times too, so a scheduler whose own clock is off reaps and expires nothing early or late.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from fairlane.ledger import transitions
-from fairlane.ledger.database import as_utc, utcnow
+from fairlane.ledger.database import as_utc
 from fairlane.ledger.jobs import error_columns
 from fairlane.ledger.lost_workers import worker_lost_error
 from fairlane.ledger.schema import (
@@ -142,7 +146,7 @@ class SchedulerQueries:
         self,
         heartbeat_timeout: float,
         limit: int,
-        now: datetime | None = None,
+        now: datetime,
         may_retry: Callable[[str, str, int, str | None], bool] | None = None,
     ) -> list[ReapedJob]:
         """Return running jobs whose worker's heartbeat is stale to the backlog.
@@ -155,7 +159,7 @@ class SchedulerQueries:
         :mod:`fairlane.ledger.lost_workers`). Running jobs hold no dispatch budget, so the
         queue's budget is untouched.
         """
-        moment = now or utcnow()
+        moment = now
         cutoff = moment - timedelta(seconds=heartbeat_timeout)
         fresh = sa.select(workers.c.worker_id).where(workers.c.last_heartbeat_at >= cutoff)
         with self.engine.begin() as connection:
@@ -210,12 +214,9 @@ class SchedulerQueries:
                     reaped.append(ReapedJob(row.id, row.queue, row.worker_id, row.attempts, state))
         return reaped
 
-    def stale_dispatches(
-        self, dispatch_timeout: float, limit: int, now: datetime | None = None
-    ) -> list[StaleDispatch]:
-        """Dispatched jobs no worker started within ``dispatch_timeout`` seconds, oldest first."""
-        moment = now or utcnow()
-        cutoff = moment - timedelta(seconds=dispatch_timeout)
+    def stale_dispatches(self, dispatch_timeout: float, limit: int, now: datetime) -> list[StaleDispatch]:
+        """Dispatched jobs no worker started within ``dispatch_timeout`` s before ``now``, oldest first."""
+        cutoff = now - timedelta(seconds=dispatch_timeout)
         with self.engine.connect() as connection:
             rows = connection.execute(
                 sa.select(jobs.c.id, jobs.c.queue, jobs.c.lane, jobs.c.message)
@@ -225,30 +226,28 @@ class SchedulerQueries:
             ).all()
         return [StaleDispatch(row.id, row.queue, row.lane, row.message) for row in rows]
 
-    def mark_redispatched(self, job_ids: Collection[str], now: datetime | None = None) -> int:
-        """Restart the dispatch clock of jobs just published again (if still dispatched).
+    def mark_redispatched(self, job_ids: Collection[str], now: datetime) -> int:
+        """Restart the dispatch clock of jobs just published again (if still dispatched), at ``now``.
 
         So each is published again at most once per ``dispatch_timeout``. They stay
         ``dispatched`` and keep their slot of the dispatch budget.
         """
         if not job_ids:
             return 0
-        moment = now or utcnow()
         with self.engine.begin() as connection:
             return int(
                 connection.execute(
                     jobs.update()
                     .where(jobs.c.id.in_(list(job_ids)), jobs.c.state == DISPATCHED)
-                    .values(dispatched_at=moment, updated_at=moment)
+                    .values(dispatched_at=now, updated_at=now)
                 ).rowcount
             )
 
     # -- leader gauges -------------------------------------------------------------------------------
 
-    def backlog_by_lane(self, now: datetime | None = None) -> dict[tuple[str, str], LaneBacklog]:
-        """Backlog jobs per (queue, lane), with when the oldest runnable one became runnable."""
-        moment = now or utcnow()
-        runnable_since = sa.case((jobs.c.next_run_at <= moment, jobs.c.next_run_at), else_=None)
+    def backlog_by_lane(self, now: datetime) -> dict[tuple[str, str], LaneBacklog]:
+        """Backlog jobs per (queue, lane), with when the oldest job runnable at ``now`` became runnable."""
+        runnable_since = sa.case((jobs.c.next_run_at <= now, jobs.c.next_run_at), else_=None)
         query = (
             sa.select(jobs.c.queue, jobs.c.lane, sa.func.count(), sa.func.min(runnable_since))
             .where(jobs.c.state.in_(BACKLOG_STATES))

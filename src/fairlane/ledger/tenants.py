@@ -10,7 +10,8 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from fairlane.ledger.database import as_utc, utcnow
+from fairlane.ledger.clock import ledger_now
+from fairlane.ledger.database import as_utc
 from fairlane.ledger.schema import BACKLOG_STATES, DISPATCHED, FINAL_STATES, RUNNING, jobs, tenants
 
 #: How far back "recent" waits look.
@@ -61,7 +62,7 @@ class TenantStore:
             recent = connection.execute(
                 sa.select(jobs.c.tenant, jobs.c.started_at, jobs.c.next_run_at).where(
                     jobs.c.state.in_(tuple(FINAL_STATES)),
-                    jobs.c.finished_at >= utcnow() - RECENT,
+                    jobs.c.finished_at >= ledger_now(-RECENT.total_seconds()),
                     jobs.c.started_at.is_not(None),
                     *scope,
                 )

@@ -10,6 +10,10 @@ transition against the table and run each against a row in every state.
 
 The worker's starts and finishes are flushed in batches, one statement for many jobs
 (:data:`FLUSH_PG`, ``UPDATE … FROM unnest(…)`` on PostgreSQL); see :mod:`fairlane.ledger.writer`.
+
+Every time these statements write (``started_at``, ``finished_at``, a retry's ``next_run_at``,
+``updated_at``) is the ledger's clock (:mod:`fairlane.ledger.clock`), never the writing
+process's: a retry's backoff is passed as a delay in seconds.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from fairlane.ledger.clock import ledger_now
 from fairlane.ledger.schema import (
     CANCELLED,
     DEAD,
@@ -106,7 +111,7 @@ FINISHES: dict[str, Transition] = {t.target: t for t in (SUCCEED, RETRY, FAIL, I
 
 # -- single-row statements (prebuilt: building one costs more than running it) -----------------------
 
-_NOW: sa.BindParameter[datetime] = sa.bindparam("p_now")
+_NOW: sa.ColumnElement[datetime] = ledger_now()
 _ERROR: dict[str, Any] = {
     "error_type": sa.bindparam("p_error_type"),
     "error_message": sa.bindparam("p_error_message"),
@@ -127,8 +132,8 @@ _STARTED: dict[str, Any] = {
     "started_at": _NOW,
     "worker_id": sa.bindparam("p_worker"),
 }
-START_ONE = _update(START, **_STARTED).returning(jobs.c.attempts, jobs.c.next_run_at)
-RESTART_ONE = _update(RESTART, **_STARTED).returning(jobs.c.attempts, jobs.c.next_run_at)
+START_ONE = _update(START, **_STARTED).returning(jobs.c.attempts, jobs.c.next_run_at, jobs.c.started_at)
+RESTART_ONE = _update(RESTART, **_STARTED).returning(jobs.c.attempts, jobs.c.next_run_at, jobs.c.started_at)
 SUCCEED_ONE = _update(
     SUCCEED,
     result=sa.bindparam("p_result", type_=sa.JSON),
@@ -137,7 +142,7 @@ SUCCEED_ONE = _update(
 )
 RETRY_ONE = _update(
     RETRY,
-    next_run_at=sa.bindparam("p_run_at"),
+    next_run_at=ledger_now(sa.bindparam("p_delay", type_=sa.Float)),
     worker_id=None,
     message=sa.func.coalesce(sa.bindparam("p_message", type_=sa.Text), jobs.c.message),
     **_ERROR,
@@ -189,46 +194,48 @@ def sql_in(states: tuple[str, ...]) -> str:
 #: A success keeps the error of an earlier attempt; a retry keeps the result columns empty and
 #: may replace the stored message (Dramatiq's retry options for the next attempt).
 #: No job may be both finished and started in one flush (PostgreSQL would apply only one).
+#: Times are the server's ``now()``; a retry's ``delay`` (seconds) is counted from it. Each row
+#: also returns the ``started_at`` it wrote (the writer recognises its own starts by it).
 FLUSH_PG = f"""
 WITH finished AS (
   UPDATE fairlane_jobs AS j
   SET state = f.state,
       attempts = j.attempts + CASE WHEN f.starting THEN 1 ELSE 0 END,
-      started_at = CASE WHEN f.starting THEN %(now)s ELSE j.started_at END,
+      started_at = CASE WHEN f.starting THEN now() ELSE j.started_at END,
       result = coalesce(f.result::json, j.result),
       result_path = coalesce(f.result_path, j.result_path),
       error_type = coalesce(f.error_type, j.error_type),
       error_message = coalesce(f.error_message, j.error_message),
       error_traceback = coalesce(f.error_traceback, j.error_traceback),
-      next_run_at = coalesce(f.run_at, j.next_run_at),
+      next_run_at = coalesce(now() + make_interval(secs => f.delay), j.next_run_at),
       message = coalesce(f.message, j.message),
       worker_id = CASE WHEN f.state = '{RETRYING}' THEN NULL
                        WHEN f.starting THEN %(worker)s ELSE j.worker_id END,
-      finished_at = CASE WHEN f.state = '{RETRYING}' THEN j.finished_at ELSE %(now)s END,
-      updated_at = %(now)s
+      finished_at = CASE WHEN f.state = '{RETRYING}' THEN j.finished_at ELSE now() END,
+      updated_at = now()
   FROM unnest(%(finish_ids)s::text[], %(states)s::text[], %(results)s::text[],
               %(result_paths)s::text[], %(error_types)s::text[], %(error_messages)s::text[],
-              %(error_tracebacks)s::text[], %(run_ats)s::timestamptz[], %(messages)s::text[],
+              %(error_tracebacks)s::text[], %(delays)s::float8[], %(messages)s::text[],
               %(starting)s::boolean[])
-       AS f(id, state, result, result_path, error_type, error_message, error_traceback, run_at, message,
+       AS f(id, state, result, result_path, error_type, error_message, error_traceback, delay, message,
             starting)
   WHERE j.id = f.id AND f.state IN ({sql_in(tuple(FINISHES))})
     AND CASE WHEN f.starting THEN j.state IN ({sql_in(START.sources)}) ELSE j.state = '{RUNNING}' END
-  RETURNING j.id, f.starting
+  RETURNING j.id, f.starting, j.started_at
 ), started AS (
   UPDATE fairlane_jobs AS j
-  SET state = '{RUNNING}', attempts = j.attempts + 1, started_at = %(now)s, worker_id = %(worker)s,
-      updated_at = %(now)s
+  SET state = '{RUNNING}', attempts = j.attempts + 1, started_at = now(), worker_id = %(worker)s,
+      updated_at = now()
   FROM unnest(%(start_ids)s::text[], %(restart)s::boolean[]) AS s(id, restart)
   WHERE j.id = s.id
     AND (j.state IN ({sql_in(START.sources)}) OR (s.restart AND j.state IN ({sql_in(RESTART.sources)})))
-  RETURNING j.id, j.attempts, j.next_run_at
+  RETURNING j.id, j.attempts, j.next_run_at, j.started_at
 )
-SELECT e.id, s.attempts, s.next_run_at, false AS ran
+SELECT e.id, s.attempts, s.next_run_at, false AS ran, s.started_at
 FROM fairlane_jobs AS e LEFT JOIN started AS s ON s.id = e.id
 WHERE e.id = ANY(%(start_ids)s::text[])
 UNION ALL
-SELECT f.id, NULL, NULL, true FROM finished AS f WHERE f.starting
+SELECT f.id, NULL, NULL, true, f.started_at FROM finished AS f WHERE f.starting
 """
 
 

@@ -2,7 +2,9 @@
 
 A worker process upserts its row every ``heartbeat_interval`` seconds and deletes it when
 it stops cleanly. The scheduler counts rows with a fresh heartbeat as live workers, and its
-reaper treats a running job whose worker has no fresh row as abandoned.
+reaper treats a running job whose worker has no fresh row as abandoned. Heartbeat times are
+the ledger's clock (:mod:`fairlane.ledger.clock`), as are the cutoffs they are compared with:
+a worker whose own clock is off is neither taken for dead nor kept alive by it.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from fairlane.ledger.database import as_utc, utcnow
+from fairlane.ledger.clock import ledger_now
+from fairlane.ledger.database import as_utc
 from fairlane.ledger.schema import workers
 
 
@@ -27,7 +31,6 @@ class WorkerBeat:
     hostname: str
     pid: int
     queues: Sequence[str]
-    started_at: datetime
     processed: int
     in_progress: int
     threads: int = 0
@@ -41,6 +44,7 @@ class WorkerRow:
     hostname: str
     pid: int
     queues: list[str]
+    #: The ledger's time of its first heartbeat.
     started_at: datetime
     last_heartbeat_at: datetime
     processed: int
@@ -54,9 +58,10 @@ class WorkerStore:
         self.engine = engine
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
-    def beat(self, beat: WorkerBeat, now: datetime | None = None) -> None:
-        """Record a heartbeat of ``beat.worker_id`` (creating its row on the first one)."""
-        moment = now or utcnow()
+    def beat(self, beat: WorkerBeat, now: datetime | None = None) -> datetime:
+        """Record a heartbeat of ``beat.worker_id`` (creating its row on the first one) at the
+        ledger's current time, or at ``now`` when given; returns the time recorded."""
+        moment: Any = ledger_now() if now is None else now
         values = {
             "hostname": beat.hostname[:255],
             "pid": beat.pid,
@@ -66,12 +71,11 @@ class WorkerStore:
             "threads": beat.threads,
             "last_heartbeat_at": moment,
         }
-        statement = self._insert(workers).values(
-            worker_id=beat.worker_id, started_at=beat.started_at, **values
-        )
+        statement = self._insert(workers).values(worker_id=beat.worker_id, started_at=moment, **values)
         statement = statement.on_conflict_do_update(index_elements=[workers.c.worker_id], set_=values)
         with self.engine.begin() as connection:
-            connection.execute(statement)
+            recorded = connection.execute(statement.returning(workers.c.last_heartbeat_at)).scalar_one()
+        return as_utc(recorded)  # type: ignore[return-value]
 
     def remove(self, worker_id: str) -> None:
         """Delete a worker's row (it stopped cleanly; its jobs finished or went back to RabbitMQ)."""
@@ -79,8 +83,9 @@ class WorkerStore:
             connection.execute(workers.delete().where(workers.c.worker_id == worker_id))
 
     def alive_count(self, timeout: float, now: datetime | None = None) -> int:
-        """Workers whose last heartbeat is at most ``timeout`` seconds old."""
-        cutoff = (now or utcnow()) - timedelta(seconds=timeout)
+        """Workers whose last heartbeat is at most ``timeout`` seconds old (as of ``now``, by
+        default the ledger's current time)."""
+        cutoff: Any = ledger_now(-timeout) if now is None else now - timedelta(seconds=timeout)
         with self.engine.connect() as connection:
             return int(
                 connection.execute(
@@ -90,8 +95,9 @@ class WorkerStore:
 
     def threads_per_queue(self, timeout: float) -> Counter[str]:
         """Worker threads consuming each queue, over workers heard from within ``timeout`` seconds."""
-        cutoff = utcnow() - timedelta(seconds=timeout)
-        query = sa.select(workers.c.queues, workers.c.threads).where(workers.c.last_heartbeat_at >= cutoff)
+        query = sa.select(workers.c.queues, workers.c.threads).where(
+            workers.c.last_heartbeat_at >= ledger_now(-timeout)
+        )
         threads: Counter[str] = Counter()
         with self.engine.connect() as connection:
             for queues, count in connection.execute(query):

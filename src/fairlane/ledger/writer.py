@@ -33,8 +33,12 @@ A flush that fails on a lost connection is retried (with a growing pause) until 
 the writer stops; one that fails on a bad row is split, so only that job sees the error (a
 start raises in its thread; a finish is logged and the job is marked dead with the reason).
 A flush whose connection was lost after its COMMIT (only the reply lost) already started its
-jobs: its retry finds them running under this worker since that flush's time, and runs them
-(without it, the retry would skip them as running elsewhere, leaving them running for good).
+jobs: its retry finds them running under this worker, started after the latest start this
+writer had seen recorded, and runs them (without it, the retry would skip them as running
+elsewhere, leaving them running for good).
+
+Every time a flush writes is the ledger's clock (:mod:`fairlane.ledger.clock`): a retry's
+backoff travels as a delay, counted from the flush that records it.
 """
 
 from __future__ import annotations
@@ -44,13 +48,13 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from fairlane.ledger.database import as_utc, dedicated_connection, utcnow
+from fairlane.ledger.database import as_utc, dedicated_connection
 from fairlane.ledger.jobs import JobError, Start, StartDecision, error_columns
 from fairlane.ledger.schema import DEAD, RETRYING, RUNNING, SUCCEEDED, jobs
 from fairlane.ledger.transitions import FINISH_ONE, FINISHES, FLUSH_PG, RESTART_ONE, START_ONE
@@ -76,7 +80,8 @@ class Finish:
     result_json: str | None = None
     result_path: str | None = None
     error: JobError | None = None
-    run_at: datetime | None = None
+    #: A retry's backoff: seconds from the flush that records it until the retry may run.
+    delay: float | None = None
     #: The job's actor queue: a retry's queue is told when the retry is due (see ``on_retrying``).
     queue: str = ""
     #: A retry's message as its next attempt receives it (None keeps the stored one).
@@ -121,12 +126,16 @@ class LedgerWriter:
         self.worker_id = worker_id
         #: Called after each flush with how many jobs it started per queue (their slots are free).
         self.on_started = on_started
-        #: Called after each flush that scheduled retries: per queue, when its first one is due.
-        self.on_retrying: Callable[[dict[str, datetime]], None] | None = None
+        #: Called after each flush that scheduled retries: per queue, in how many seconds its
+        #: first one is due.
+        self.on_retrying: Callable[[Mapping[str, float]], None] | None = None
         #: Called with the id of a job that runs already and whose start the ledger refused.
         self.on_refused: Callable[[str], object] | None = None
         #: Jobs whose start was refused, until their finish comes and is dropped (oldest first).
         self._refused_starts: dict[str, None] = {}
+        #: The latest ``started_at`` a flush of this writer recorded (the ledger's clock): a start
+        #: found after it under this worker was recorded by a flush whose reply was lost.
+        self._latest_start: datetime | None = None
         self._postgresql = engine.dialect.name == "postgresql"
         self._starts: list[_Request] = []
         self._finishes: list[_Request] = []
@@ -237,14 +246,13 @@ class LedgerWriter:
 
     def _flush_until_done(self, finishes: list[_Request], starts: list[_Request]) -> None:
         pause = 0.05
-        lost_flushes: list[datetime] = []  # when the tries whose connection was lost ran
+        replies_lost = False  # whether a try lost its connection (its COMMIT may have happened)
         while True:
-            now = utcnow()
             try:
-                self._flush(finishes, starts, now, lost_flushes)
+                self._flush(finishes, starts, replies_lost)
                 return
             except self._connection_errors as error:
-                lost_flushes.append(now)
+                replies_lost = True
                 self._close_raw()
                 error_text = str(error).splitlines()[0][:200]
                 if self._stopping and pause >= MAX_RETRY_PAUSE:
@@ -286,29 +294,24 @@ class LedgerWriter:
         dead = Finish(finish.job_id, DEAD, error=reason)
         self._flush_until_done([_Request(finish.job_id, finish=dead, starting=request.starting)], [])
 
-    def _flush(
-        self,
-        finishes: list[_Request],
-        starts: list[_Request],
-        now: datetime,
-        lost_flushes: Sequence[datetime],
-    ) -> None:
-        """Flush one batch as of ``now``; ``lost_flushes`` are the times of this batch's earlier
-        tries whose connection was lost (their starts may have committed)."""
+    def _flush(self, finishes: list[_Request], starts: list[_Request], replies_lost: bool) -> None:
+        """Flush one batch; ``replies_lost`` when an earlier try of it lost its connection (its
+        starts may have committed)."""
+        latest_start = self._latest_start
         if self._postgresql:
-            started, known, ran = self._flush_pg(finishes, starts, now)
+            started, known, ran = self._flush_pg(finishes, starts)
         else:
-            started, known, ran = self._flush_sqlite(finishes, starts, now)
-        if lost_flushes:
+            started, known, ran = self._flush_sqlite(finishes, starts)
+        if replies_lost:
             unstarted = [request.job_id for request in starts if request.job_id in known - started.keys()]
             unfinished = [
                 request.job_id for request in finishes if request.starting and request.job_id not in ran
             ]
-            recorded = self._recorded_by_lost_flush([*unstarted, *unfinished], lost_flushes)
+            recorded = self._recorded_by_lost_flush([*unstarted, *unfinished], latest_start)
             started.update(
                 (job_id, (row.attempts, row.next_run_at))
                 for job_id, row in recorded.items()
-                if job_id in unstarted and row.state == RUNNING and row.worker_id == self.worker_id
+                if job_id in unstarted and row.state == RUNNING
             )
             ran |= recorded.keys() & set(unfinished)
         for request in finishes:
@@ -357,25 +360,38 @@ class LedgerWriter:
                     logger.exception("event=interrupt_failed job=%s", job_id)
 
     def _recorded_by_lost_flush(
-        self, job_ids: Sequence[str], lost_flushes: Sequence[datetime]
+        self, job_ids: Sequence[str], latest_start: datetime | None
     ) -> dict[str, Any]:
         """Those of ``job_ids`` whose start a flush of this writer recorded before its reply was
-        lost (started at one of ``lost_flushes``): their state, worker, attempts and next run."""
+        lost: started under this worker (a retry clears the worker) after ``latest_start``, the
+        latest start an earlier flush of this writer recorded. Their state, attempts and next run."""
         if not job_ids:
             return {}
-        columns = (jobs.c.id, jobs.c.state, jobs.c.worker_id, jobs.c.attempts, jobs.c.next_run_at)
-        query = sa.select(*columns).where(
-            jobs.c.id.in_(list(job_ids)), jobs.c.started_at.in_(list(lost_flushes))
+        query = sa.select(jobs.c.id, jobs.c.state, jobs.c.attempts, jobs.c.next_run_at).where(
+            jobs.c.id.in_(list(job_ids)),
+            sa.or_(
+                jobs.c.worker_id == self.worker_id,
+                sa.and_(jobs.c.worker_id.is_(None), jobs.c.state == RETRYING),
+            ),
         )
+        if latest_start is not None:
+            query = query.where(jobs.c.started_at > latest_start)
         with self.engine.connect() as connection:
             return {row.id: row for row in connection.execute(query)}
 
+    def _note_starts(self, started_at: Sequence[datetime | None]) -> None:
+        """Remember the latest ``started_at`` this writer's flushes recorded."""
+        for moment in started_at:
+            moment = as_utc(moment)
+            if moment is not None and (self._latest_start is None or moment > self._latest_start):
+                self._latest_start = moment
+
     def _report_retries(self, finishes: Sequence[_Request]) -> None:
-        due: dict[str, datetime] = {}
+        due: dict[str, float] = {}
         for request in finishes:
             item = request.finish
-            if item is not None and item.state == RETRYING and item.queue and item.run_at is not None:
-                due[item.queue] = min(due.get(item.queue, item.run_at), item.run_at)
+            if item is not None and item.state == RETRYING and item.queue and item.delay is not None:
+                due[item.queue] = min(due.get(item.queue, item.delay), item.delay)
         if due and self.on_retrying is not None:
             try:
                 self.on_retrying(due)
@@ -385,13 +401,12 @@ class LedgerWriter:
     # -- PostgreSQL ----------------------------------------------------------------------------------
 
     def _flush_pg(
-        self, finishes: Sequence[_Request], starts: Sequence[_Request], now: datetime
+        self, finishes: Sequence[_Request], starts: Sequence[_Request]
     ) -> tuple[dict[str, Any], set[str], set[str]]:
         """The whole flush as one statement: one round trip and one commit."""
         items = [request.finish for request in finishes if request.finish is not None]
         errors = [error_columns(item.error) for item in items]
         parameters = {
-            "now": now,
             "worker": self.worker_id,
             "finish_ids": [item.job_id for item in items],
             "states": [item.state for item in items],
@@ -400,13 +415,14 @@ class LedgerWriter:
             "error_types": [error[0] for error in errors],
             "error_messages": [error[1] for error in errors],
             "error_tracebacks": [error[2] for error in errors],
-            "run_ats": [item.run_at for item in items],
+            "delays": [item.delay for item in items],
             "messages": [item.message for item in items],
             "starting": [request.starting for request in finishes if request.finish is not None],
             "start_ids": [request.job_id for request in starts],
             "restart": [request.restart for request in starts],
         }
         rows = self._raw_connection().execute(FLUSH_PG, parameters, prepare=True).fetchall()
+        self._note_starts([row[4] for row in rows])
         started = {row[0]: (row[1], row[2]) for row in rows if not row[3] and row[1] is not None}
         known = {row[0] for row in rows if not row[3]}
         return started, known, {row[0] for row in rows if row[3]}
@@ -429,38 +445,43 @@ class LedgerWriter:
     # -- SQLite --------------------------------------------------------------------------------------
 
     def _flush_sqlite(
-        self, finishes: Sequence[_Request], starts: Sequence[_Request], now: datetime
+        self, finishes: Sequence[_Request], starts: Sequence[_Request]
     ) -> tuple[dict[str, Any], set[str], set[str]]:
         started: dict[str, Any] = {}
         known: set[str] = set()
         ran: set[str] = set()
+        started_at: list[datetime | None] = []
         with self.engine.begin() as connection:
             for request in finishes:
                 item = request.finish
                 assert item is not None
                 if request.starting:
-                    parameters = {"p_id": item.job_id, "p_now": now, "p_worker": self.worker_id}
-                    if connection.execute(START_ONE, parameters).first() is None:
+                    parameters = {"p_id": item.job_id, "p_worker": self.worker_id}
+                    row = connection.execute(START_ONE, parameters).first()
+                    if row is None:
                         continue  # refused: the attempt leaves no trace
+                    started_at.append(row.started_at)
                     ran.add(item.job_id)
-                connection.execute(FINISH_ONE[item.state], _finish_parameters(item, now))
+                connection.execute(FINISH_ONE[item.state], _finish_parameters(item))
             for request in starts:
                 if request.job_id in started:
                     continue  # a second copy in the same batch: one start, counted once
                 statement = RESTART_ONE if request.restart else START_ONE
-                parameters = {"p_id": request.job_id, "p_now": now, "p_worker": self.worker_id}
+                parameters = {"p_id": request.job_id, "p_worker": self.worker_id}
                 row = connection.execute(statement, parameters).first()
                 if row is not None:
                     started[request.job_id] = (row.attempts, row.next_run_at)
+                    started_at.append(row.started_at)
             missing = [request.job_id for request in starts if request.job_id not in started]
             if missing:
                 known = set(connection.scalars(sa.select(jobs.c.id).where(jobs.c.id.in_(missing))))
+        self._note_starts(started_at)
         return started, known, ran
 
 
-def _finish_parameters(item: Finish, now: datetime) -> dict[str, Any]:
+def _finish_parameters(item: Finish) -> dict[str, Any]:
     error_type, error_message, error_traceback = error_columns(item.error)
-    parameters: dict[str, Any] = {"p_id": item.job_id, "p_now": now}
+    parameters: dict[str, Any] = {"p_id": item.job_id}
     if item.state == SUCCEEDED:
         parameters["p_result"] = item.result
         parameters["p_result_path"] = item.result_path
@@ -469,7 +490,7 @@ def _finish_parameters(item: Finish, now: datetime) -> dict[str, Any]:
             p_error_type=error_type, p_error_message=error_message, p_error_traceback=error_traceback
         )
         if item.state == RETRYING:
-            parameters["p_run_at"] = item.run_at
+            parameters["p_delay"] = item.delay
             parameters["p_message"] = item.message
     return parameters
 

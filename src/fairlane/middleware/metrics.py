@@ -12,7 +12,9 @@ in reverse order), so it sees each attempt's final outcome:
   else retried.
 
 Queue wait is start time minus the moment the job became runnable (accepted, or its delay
-or backoff ended), so delays and backoffs are not counted as waiting. In progress and the
+or backoff ended), so delays and backoffs are not counted as waiting. That moment is a time
+on the ledger's clock, so the start is too: this process's clock plus its heartbeat's last
+measured offset (:class:`~fairlane.ledger.clock.ClockOffset`). In progress and the
 oldest running attempt's age are gauges; the age is refreshed every second while the worker
 runs. Each (queue, actor, lane) resolves its labelled series once: a job pays no label lookup.
 The middleware also keeps this process's own counts (processed, in progress) for heartbeats.
@@ -29,6 +31,7 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware
 
 from fairlane.errors import JobCancelled
+from fairlane.ledger.clock import ClockOffset
 from fairlane.middleware.tracking import runnable_since_of
 from fairlane.observability.catalog import (
     JOB_DURATION_SECONDS,
@@ -74,7 +77,9 @@ class _Attempt:
 class Metrics(Middleware):
     """Record job metrics in the process's prometheus_client metrics."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock_offset: ClockOffset | None = None) -> None:
+        #: The ledger's clock against this process's (queue waits are measured on the ledger's).
+        self.clock_offset = clock_offset or ClockOffset()
         self._running: dict[tuple[str, int], _Attempt] = {}
         self._series: dict[tuple[str, str, str], _Series] = {}
         self._queues: set[str] = set()
@@ -118,7 +123,8 @@ class Metrics(Middleware):
         series[JOBS_STARTED].inc()
         runnable_since = runnable_since_of(message)
         if runnable_since is not None:
-            series[JOB_QUEUE_WAIT_SECONDS].observe(max(0.0, time.time() - runnable_since))
+            waited = self.clock_offset.ledger_time() - runnable_since
+            series[JOB_QUEUE_WAIT_SECONDS].observe(max(0.0, waited))
         series[JOBS_IN_PROGRESS].inc()
         with self._lock:
             self._running[(message.message_id, threading.get_ident())] = attempt

@@ -15,7 +15,7 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 
 from fairlane.ledger.jobs import JobStore
-from fairlane.ledger.ratelimits import RateLimits
+from fairlane.ledger.ratelimits import Pause, RateLimits
 from fairlane.observability.catalog import JOBS_DEFERRED
 
 logger = logging.getLogger("fairlane.worker")
@@ -30,7 +30,8 @@ class RateLimitPauses(Middleware):
     def __init__(self, jobs: JobStore, rate_limits: RateLimits) -> None:
         self.jobs = jobs
         self.rate_limits = rate_limits
-        self._pauses: dict[str, tuple[float, float]] = {}
+        #: Per key, its last reading and when it was read (this process's monotonic clock).
+        self._pauses: dict[str, tuple[float, Pause]] = {}
 
     @property
     def actor_options(self) -> set[str]:
@@ -40,10 +41,11 @@ class RateLimitPauses(Middleware):
         key = message.options.get("rate_limit")
         if key is None:
             return
-        paused_until = self._paused_until(key)
-        if paused_until <= time.time():
+        pause = self._pause(key)
+        if pause is None:
             return
-        self.jobs.defer(message.message_id, datetime.fromtimestamp(paused_until, UTC))
+        # The pause's end is a time on the ledger's clock: the job waits exactly that long.
+        self.jobs.defer(message.message_id, datetime.fromtimestamp(pause.until, UTC))
         JOBS_DEFERRED.labels(
             queue=broker.actor_queue_of(message.queue_name),  # type: ignore[attr-defined]
             actor=message.actor_name,
@@ -53,9 +55,11 @@ class RateLimitPauses(Middleware):
         logger.info("event=job_deferred job=%s reason=ratelimit_paused key=%s", message.message_id, key)
         raise SkipMessage(f"rate limit {key!r} is paused")
 
-    def _paused_until(self, key: str) -> float:
-        read_at, value = self._pauses.get(key, (0.0, 0.0))
+    def _pause(self, key: str) -> Pause | None:
+        """The key's pause if it still runs (the time left counted on this process's timer since
+        the reading, so this process's wall clock never matters)."""
+        read_at, pause = self._pauses.get(key, (0.0, Pause(0.0, 0.0)))
         if time.monotonic() - read_at > PAUSE_CACHE_SECONDS:
-            value = self.rate_limits.paused_until(key)
-            self._pauses[key] = (time.monotonic(), value)
-        return value
+            read_at, pause = time.monotonic(), self.rate_limits.pause_of(key)
+            self._pauses[key] = (read_at, pause)
+        return pause if pause.remaining > time.monotonic() - read_at else None

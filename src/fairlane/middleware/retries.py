@@ -26,7 +26,6 @@ import random
 import time
 import traceback
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from dramatiq.broker import Broker, MessageProxy
@@ -34,7 +33,6 @@ from dramatiq.errors import Retry
 from dramatiq.middleware import Middleware
 
 from fairlane.errors import JobCancelled
-from fairlane.ledger.database import utcnow
 from fairlane.ledger.jobs import JobError
 from fairlane.ledger.schema import DEAD, RETRYING
 from fairlane.ledger.writer import Finish, LedgerWriter
@@ -99,6 +97,7 @@ class Retries(Middleware):
             return
         message.options["retries"] = retries + 1
         message.options["traceback"] = "".join(traceback.format_exception(exception, limit=30))
+        # This process's clock, as in Dramatiq: for callbacks to read, never compared by fairlane.
         message.options["requeue_timestamp"] = int(time.time() * 1000)
         max_retries = option("max_retries", self.settings.max_retries)
         retry_when = option("retry_when", None)
@@ -120,11 +119,11 @@ class Retries(Middleware):
                 option("min_backoff", self.settings.min_backoff),
                 option("max_backoff", self.settings.max_backoff),
             )
-        run_at = utcnow() + timedelta(milliseconds=delay)
         queue = broker.actor_queue_of(message.queue_name)  # type: ignore[attr-defined]
         stored = self._next_attempt_message(message)
+        # The backoff counts on the ledger's clock, from the flush that records the failure.
         self.writer.finish(
-            Finish(message.message_id, RETRYING, error=error, run_at=run_at, queue=queue, message=stored)
+            Finish(message.message_id, RETRYING, error=error, delay=delay / 1000, queue=queue, message=stored)
         )
         logger.info(
             "event=job_retrying job=%s actor=%s attempt=%d delay_ms=%d error_type=%s",

@@ -24,8 +24,10 @@ from dramatiq.middleware import Middleware
 from fairlane.broker import FairlaneBroker
 from fairlane.dispatch import Dispatcher
 from fairlane.ledger.actors import CatalogEntry
+from fairlane.ledger.clock import ClockOffset
 from fairlane.ledger.writer import LedgerWriter
 from fairlane.observability.heartbeat import WorkerHeartbeat
+from fairlane.rabbitmq_outages import quiet_consumer_threads
 from fairlane.work_queue import LaneWorkQueue
 
 logger = logging.getLogger("fairlane.worker")
@@ -34,9 +36,11 @@ logger = logging.getLogger("fairlane.worker")
 class WorkerServices(Middleware):
     """Start and stop the dispatcher, the ledger writer and the heartbeat with the worker."""
 
-    def __init__(self, dispatcher: Dispatcher, writer: LedgerWriter) -> None:
+    def __init__(self, dispatcher: Dispatcher, writer: LedgerWriter, clock_offset: ClockOffset) -> None:
         self.dispatcher = dispatcher
         self.writer = writer
+        #: Measured by the heartbeat, read by the metrics (see fairlane.ledger.clock).
+        self.clock_offset = clock_offset
         #: The heartbeat of the running worker (None before boot and after shutdown).
         self.heartbeat: WorkerHeartbeat | None = None
         self._status_file: Path | None = None
@@ -55,6 +59,8 @@ class WorkerServices(Middleware):
 
     def after_worker_boot(self, broker: Broker, worker: Any) -> None:
         fairlane_broker = self._broker(broker)
+        # A lost connection is logged once for all consumers (fairlane.rabbitmq_outages).
+        quiet_consumer_threads(getattr(worker, "consumers", {}).values())
         entries = [
             CatalogEntry.describe(actor.actor_name, actor.queue_name, actor.fn, actor.options)
             for actor in broker.actors.values()
@@ -65,7 +71,9 @@ class WorkerServices(Middleware):
             logger.exception("event=actor_catalog_not_published")
         self.dispatcher.serve(fairlane_broker.actor_queues)
         self.dispatcher.start()
-        self.heartbeat = WorkerHeartbeat(fairlane_broker, worker, status_file=self._status_file)
+        self.heartbeat = WorkerHeartbeat(
+            fairlane_broker, worker, status_file=self._status_file, clock_offset=self.clock_offset
+        )
         self.heartbeat.start()
 
     def after_declare_queue(self, broker: Broker, queue_name: str) -> None:

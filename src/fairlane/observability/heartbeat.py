@@ -4,8 +4,11 @@ A :class:`WorkerHeartbeat` runs one daemon thread per worker process. Every seco
 that the worker's consumers are connected (readiness) and, for a supervised process, writes
 both verdicts to a small status file its supervisor serves; every ``heartbeat_interval`` it
 upserts the process's ``fairlane_workers`` row (liveness is "that write succeeded within
-``heartbeat_timeout``") and refreshes the rate-limit usage gauges; every
-``heartbeat_log_interval`` it logs one line::
+``heartbeat_timeout``"), measures how far the ledger's clock is from the process's own (see
+:class:`~fairlane.ledger.clock.ClockOffset`; an offset over :data:`CLOCK_OFFSET_WARNING`
+seconds is logged once, as ``event=clock_offset``: the process's own clock then differs from
+the database's, which fairlane's decisions never depend on) and refreshes the rate-limit usage
+gauges; every ``heartbeat_log_interval`` it logs one line::
 
     event=worker_heartbeat worker=host:1234 in_progress=3 processed=1207 queues=exports,ingest
     ratelimits=openai.requests_per_minute:387/450
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fairlane.broker import FairlaneBroker
-from fairlane.ledger.database import utcnow
+from fairlane.ledger.clock import ClockOffset
 from fairlane.ledger.workers import WorkerBeat, WorkerStore
 from fairlane.middleware.metrics import Metrics
 from fairlane.middleware.tracking import default_worker_id
@@ -37,6 +40,8 @@ logger = logging.getLogger("fairlane.worker")
 
 #: Seconds between readiness checks (and status-file writes).
 CHECK_INTERVAL = 1.0
+#: Seconds between this process's clock and the ledger's above which the heartbeat says so.
+CLOCK_OFFSET_WARNING = 1.0
 
 
 def consumers_connected(worker: Any) -> Verdict:
@@ -98,13 +103,16 @@ class WorkerHeartbeat:
         *,
         status_file: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
+        clock_offset: ClockOffset | None = None,
     ) -> None:
         self.broker = broker
         self.worker = worker
         self.settings = broker.settings
         self.status_file = status_file
         self.worker_id = default_worker_id()
-        self.started_at: datetime = utcnow()
+        #: The ledger's clock against this process's, measured by every heartbeat.
+        self.clock_offset = clock_offset or ClockOffset()
+        self._offset_reported = False
         self.store = WorkerStore(broker.admission.engine)
         self._metrics = next((item for item in broker.middleware if isinstance(item, Metrics)), None)
         self._clock = clock
@@ -156,25 +164,38 @@ class WorkerHeartbeat:
         """Write one heartbeat to the ledger; returns whether it succeeded."""
         processed, in_progress = self._counts()
         try:
-            self.store.beat(
+            sent_at = time.time()
+            recorded = self.store.beat(
                 WorkerBeat(
                     worker_id=self.worker_id,
                     hostname=socket.gethostname(),
                     pid=os.getpid(),
                     queues=sorted(self.broker.actor_queues),
-                    started_at=self.started_at,
                     processed=processed,
                     in_progress=in_progress,
                     threads=int(getattr(self.worker, "worker_threads", 0)),
                 )
             )
+            received_at = time.time()
         except Exception as error:
             self._beat_error = f"ledger write failed: {type(error).__name__}"
             logger.warning("event=heartbeat_failed worker=%s error=%s", self.worker_id, type(error).__name__)
             return False
         self._last_beat = self._clock()
         self._beat_error = None
+        self._measure_offset(recorded, sent_at, received_at)
         return True
+
+    def _measure_offset(self, recorded: datetime, sent_at: float, received_at: float) -> None:
+        offset = self.clock_offset.measure(recorded, sent_at, received_at)
+        if abs(offset) > CLOCK_OFFSET_WARNING and not self._offset_reported:
+            self._offset_reported = True
+            logger.warning(
+                "event=clock_offset worker=%s ahead_of_ledger_s=%.1f "
+                "action='none: job times come from the database clock'",
+                self.worker_id,
+                -offset,
+            )
 
     def log_line(self) -> str:
         """The structured heartbeat line (also logged every ``heartbeat_log_interval``)."""

@@ -32,10 +32,11 @@ import pika
 from fairlane.app import App
 from fairlane.broker import dead_letter_queue_name
 from fairlane.dead_letters import dead_at_of, job_id_of
-from fairlane.ledger.database import utcnow
+from fairlane.ledger.clock import database_now
 from fairlane.ledger.reaping import ExpiredJob, SchedulerQueries
 from fairlane.ledger.schema import CANCELLED, DEAD, SUCCEEDED
 from fairlane.ledger.workers import WorkerStore
+from fairlane.rabbitmq_outages import CONNECTION_ERRORS
 
 logger = logging.getLogger("fairlane.scheduler")
 
@@ -56,10 +57,10 @@ class RetentionReport:
 
 
 def run_retention(app: App, now: datetime | None = None) -> RetentionReport:
-    """Delete what has expired at ``now`` (default: the current time)."""
-    moment = now or utcnow()
+    """Delete what has expired at ``now`` (default: the ledger's current time)."""
     settings = app.settings
     queries = SchedulerQueries(app.engine)
+    moment = now or database_now(app.engine)
     report = RetentionReport()
     expired_dead: dict[str, set[str]] = {}
 
@@ -129,7 +130,10 @@ def _queues_to_sweep(app: App, queries: SchedulerQueries, expired_dead: dict[str
         try:
             app.broker.declare_queue(queue, ensure=True)
             waiting = app.broker.channel.queue_declare(dead_letter_queue_name(queue), passive=True)
+        except CONNECTION_ERRORS:
+            raise  # the run ends here; the scheduler logs the outage once
         except (pika.exceptions.AMQPError, OSError) as error:
+            del app.broker.channel  # a refused request closes the channel
             logger.warning("event=dead_letter_count_failed queue=%s error=%s", queue, type(error).__name__)
             continue
         if waiting.method.message_count > dead_rows.get(queue, 0):

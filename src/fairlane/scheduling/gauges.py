@@ -17,7 +17,7 @@ import pika
 from dramatiq.errors import ConnectionClosed
 
 from fairlane.app import App
-from fairlane.ledger.database import utcnow
+from fairlane.ledger.clock import database_now
 from fairlane.ledger.reaping import SchedulerQueries
 from fairlane.ledger.workers import WorkerStore
 from fairlane.observability.catalog import (
@@ -54,10 +54,11 @@ def clear_leader_gauges() -> None:
 
 
 def export_leader_gauges(app: App, now: datetime | None = None) -> None:
-    """Refresh every leader gauge from the ledger and RabbitMQ."""
-    moment = now or utcnow()
+    """Refresh every leader gauge from the ledger and RabbitMQ, as of ``now`` (default: the
+    ledger's current time)."""
     settings = app.settings
     queries = SchedulerQueries(app.engine)
+    moment = now or database_now(app.engine)
     backlog = queries.backlog_by_lane(moment)
     queues = sorted(set(app.admission.known_queues()) | {queue for queue, _lane in backlog})
     lanes = list(settings.lanes)

@@ -13,6 +13,9 @@
   broker failure). It is re-published only while its lane queue has consumers and no ready
   messages; otherwise the message may simply be waiting in that queue, and another copy
   would only run the job twice. It stays ``dispatched`` and keeps its dispatch-budget slot.
+
+A lost RabbitMQ connection ends a run's RabbitMQ work (the ledger's is done): the error goes to
+the scheduler, which logs the outage once; the next run does what was left.
 """
 
 from __future__ import annotations
@@ -25,14 +28,15 @@ from datetime import datetime
 from typing import Any
 
 import pika
-from dramatiq.errors import ActorNotFound, ConnectionClosed
+from dramatiq.errors import ActorNotFound
 
 from fairlane.app import App
 from fairlane.ledger.admission import AdmittedJob
-from fairlane.ledger.database import utcnow
+from fairlane.ledger.clock import database_now
 from fairlane.ledger.lost_workers import WorkerLost, retries_left
 from fairlane.ledger.reaping import ReapedJob, SchedulerQueries, StaleDispatch
 from fairlane.ledger.schema import DEAD, PENDING
+from fairlane.rabbitmq_outages import CONNECTION_ERRORS
 
 logger = logging.getLogger("fairlane.scheduler")
 
@@ -50,10 +54,11 @@ class ReaperReport:
 
 
 def run_reaper(app: App, now: datetime | None = None) -> ReaperReport:
-    """Reap abandoned running jobs and re-publish lost dispatches as of ``now``."""
-    moment = now or utcnow()
+    """Reap abandoned running jobs and re-publish lost dispatches as of ``now`` (default: the
+    ledger's current time, never this process's clock)."""
     settings = app.settings
     queries = SchedulerQueries(app.engine)
+    moment = now or database_now(app.engine)
     report = ReaperReport()
     while True:
         batch = queries.reap_abandoned(
@@ -78,13 +83,15 @@ def run_reaper(app: App, now: datetime | None = None) -> ReaperReport:
 
     stale = queries.stale_dispatches(settings.dispatch_timeout, REAP_BATCH, now=moment)
     publishable = _publishable_lanes(app, {(job.queue, job.lane) for job in stale})
-    for dispatch in stale:
-        if (dispatch.queue, dispatch.lane) not in publishable:
-            report.waiting += 1
-            continue
-        if _republish(app, dispatch):
-            report.republished.append(dispatch.id)
-    queries.mark_redispatched(report.republished, now=moment)
+    try:
+        for dispatch in stale:
+            if (dispatch.queue, dispatch.lane) not in publishable:
+                report.waiting += 1
+                continue
+            if _republish(app, dispatch):
+                report.republished.append(dispatch.id)
+    finally:  # those published before RabbitMQ went away wait another dispatch_timeout
+        queries.mark_redispatched(report.republished, now=moment)
     if report.waiting:
         logger.info(
             "event=stale_dispatches_waiting count=%d reason='lane queue has ready messages or no consumers'",
@@ -113,12 +120,16 @@ def _may_retry(app: App, actor_name: str, message: str, attempts: int, worker_id
 
 
 def _publishable_lanes(app: App, lanes: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The lanes whose queue has consumers and no ready message (a lost connection raises)."""
     publishable = set()
     for queue, lane in sorted(lanes):
         try:
             app.broker.declare_queue(queue, ensure=True)
             declared = app.broker.channel.queue_declare(app.broker.lane_queue_name(queue, lane), passive=True)
-        except (pika.exceptions.AMQPError, ConnectionClosed, OSError) as error:
+        except CONNECTION_ERRORS:
+            raise
+        except (pika.exceptions.AMQPError, OSError) as error:
+            del app.broker.channel  # a refused request closes the channel
             logger.warning(
                 "event=lane_queue_unreadable queue=%s lane=%s error=%s", queue, lane, type(error).__name__
             )
@@ -129,10 +140,13 @@ def _publishable_lanes(app: App, lanes: set[tuple[str, str]]) -> set[tuple[str, 
 
 
 def _republish(app: App, job: StaleDispatch) -> bool:
-    """Publish the job's stored message again, as its admission round did (no decoding)."""
+    """Publish the job's stored message again, as its admission round did (no decoding; a lost
+    connection raises)."""
     try:
         app.broker.publish_batch(job.queue, [AdmittedJob(job.id, job.lane, job.message)])
-    except (pika.exceptions.AMQPError, ConnectionClosed, OSError) as error:
+    except CONNECTION_ERRORS:
+        raise
+    except (pika.exceptions.AMQPError, OSError) as error:
         logger.warning(
             "event=republish_failed job=%s queue=%s error=%s", job.id, job.queue, type(error).__name__
         )

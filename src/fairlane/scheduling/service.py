@@ -17,6 +17,9 @@ task          every                       does
 
 Each interval job coalesces missed runs and never overlaps itself; every task is safe to run
 twice, so the short overlap of an old leader's last run with a new leader's first is harmless.
+A task that fails because RabbitMQ is unreachable is not logged as a failure: the scheduler's
+:class:`~fairlane.rabbitmq_outages.Outage` logs the loss once, and, after a later run finds
+RabbitMQ again, its return once.
 A task's last success is exported as ``fairlane_scheduler_last_success_timestamp_seconds``
 and kept in ``fairlane_scheduler_tasks``, so a new leader exports the same times.
 """
@@ -33,18 +36,19 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
-import pika
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from dramatiq.errors import ActorNotFound, ConnectionClosed
+from dramatiq.errors import ActorNotFound
 
 from fairlane.app import App, get_app
+from fairlane.ledger.clock import database_now
 from fairlane.ledger.database import utcnow
 from fairlane.ledger.reaping import SchedulerQueries
 from fairlane.middleware.tracking import default_worker_id
 from fairlane.observability.catalog import SCHEDULER_IS_LEADER, SCHEDULER_LAST_SUCCESS_TIMESTAMP_SECONDS
 from fairlane.observability.exporter import MetricsServer, scheduler_collector, start_metrics_server
 from fairlane.observability.health import HealthChecks, HealthServer, Verdict, start_health_server
+from fairlane.rabbitmq_outages import CONNECTION_ERRORS
 from fairlane.scheduling.cleanup import run_retention
 from fairlane.scheduling.cron import Cron, CronRunner, all_schedules
 from fairlane.scheduling.gauges import clear_leader_gauges, export_leader_gauges
@@ -59,11 +63,6 @@ LEADER_RETRY_SECONDS = 1.0
 CRON_TICK_SECONDS = 1.0
 #: Least seconds between two bookkeeping writes of a task's successes.
 RECORD_INTERVAL = 5.0
-_CONNECTION_ERRORS = (
-    pika.exceptions.AMQPConnectionError,
-    pika.exceptions.ChannelWrongStateError,
-    ConnectionClosed,
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +91,8 @@ class Scheduler:
         self.identity = identity or default_worker_id()
         self.lock: LeaderLock = lock or leader_lock_for(app.settings)
         self.queries = SchedulerQueries(app.engine)
+        #: The tasks' RabbitMQ outages, logged once each (see fairlane.rabbitmq_outages).
+        self.outage = app.broker.outages.scheduler
         self.schedules = list(all_schedules(app.settings.cron) if schedules is None else schedules)
         self._check_schedules()
         self.cron = CronRunner(self.schedules, self._enqueue_fire)
@@ -102,7 +103,9 @@ class Scheduler:
                 Task("cleanup", settings.cleanup_interval, lambda: run_retention(app)),
                 Task("reaper", settings.reaper_interval, lambda: run_reaper(app)),
                 Task("gauges", settings.gauges_interval, lambda: export_leader_gauges(app), quiet=True),
-                Task("cron", CRON_TICK_SECONDS, lambda: self.cron.tick(utcnow()), quiet=True),
+                # Which cron slots are due is decided on the ledger's clock, read once per tick:
+                # a leader whose own clock is off neither fires a slot early nor skips one.
+                Task("cron", CRON_TICK_SECONDS, lambda: self.cron.tick(database_now(app.engine)), quiet=True),
             )
         }
         self._aps = BackgroundScheduler(
@@ -194,15 +197,22 @@ class Scheduler:
     def _run_task(self, task: Task, *, force: bool = False) -> None:
         if not (force or self.is_leader):
             return
+        # This process's clock: the task's bookkeeping and success gauge, which nothing in fairlane
+        # compares with a ledger time (its cutoffs use the ledger's clock, see run_reaper).
         started = utcnow()
         clock = time.monotonic()
         error = None
         try:
             self._call(task)
+        except CONNECTION_ERRORS as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            self.outage.lost(exc)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             logger.exception("event=scheduler_task_failed task=%s identity=%s", task.name, self.identity)
         finished = utcnow()
+        if error is None and self.outage.down and self._rabbitmq_reachable():
+            self.outage.restored()
         if error is None:
             SCHEDULER_LAST_SUCCESS_TIMESTAMP_SECONDS.set(finished.timestamp(), task=task.name)
             (logger.debug if task.quiet else logger.info)(
@@ -227,9 +237,18 @@ class Scheduler:
         """
         try:
             task.run()
-        except _CONNECTION_ERRORS:
+        except CONNECTION_ERRORS:
             del self.app.broker.connection
             task.run()
+
+    def _rabbitmq_reachable(self) -> bool:
+        """Whether this thread's RabbitMQ connection works (a task may succeed without using it)."""
+        try:
+            self.app.broker.connection.process_data_events(time_limit=0)
+        except CONNECTION_ERRORS:
+            del self.app.broker.connection
+            return False
+        return True
 
     # -- cron ----------------------------------------------------------------------------------------
 

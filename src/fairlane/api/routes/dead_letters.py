@@ -27,7 +27,7 @@ from fairlane.api.models import (
 from fairlane.api.problems import ApiProblem, not_found, problem_responses
 from fairlane.api.routes.jobs import JobId, visible_job
 from fairlane.api.state import Services
-from fairlane.ledger.database import utcnow
+from fairlane.ledger.clock import database_now
 from fairlane.ledger.schema import DEAD
 
 router = APIRouter(
@@ -96,7 +96,11 @@ def requeue_dead_letters(body: DeadLetterFilter, _key: Admin, services: Services
         raise ApiProblem(
             422, "no-filter", "No filter", "give at least one of actor, queue, tenant, older_than_seconds"
         )
-    older_than = utcnow() - timedelta(seconds=body.older_than_seconds) if body.older_than_seconds else None
+    older_than = (
+        database_now(services.app.engine) - timedelta(seconds=body.older_than_seconds)
+        if body.older_than_seconds
+        else None
+    )
     selected = dead_letters.dead_jobs(
         services.app, actor=body.actor, queue=body.queue, tenant=body.tenant, older_than=older_than
     )
@@ -111,7 +115,7 @@ def purge_dead_letters(body: PurgeFilter, _key: Admin, services: Services) -> Co
     (undecodable messages) that old go too.
     """
     app = services.app
-    cutoff = utcnow() - timedelta(seconds=body.older_than_seconds)
+    cutoff = database_now(app.engine) - timedelta(seconds=body.older_than_seconds)
     selected = dead_letters.dead_jobs(
         app, actor=body.actor, queue=body.queue, tenant=body.tenant, older_than=cutoff
     )
