@@ -25,6 +25,7 @@ _FINAL_WHERE = sa.text("state IN ('succeeded', 'dead', 'cancelled')")
 LIVE_PREDICATE = _LIVE_WHERE = sa.text("state IN ('dispatched', 'running')")
 DISPATCHED_PREDICATE = _DISPATCHED_WHERE = sa.text("state = 'dispatched'")
 _HAS_KEY = sa.text("idempotency_key IS NOT NULL")
+_HAS_RATE_KEY = sa.text("rate_key IS NOT NULL")
 
 
 def _ts(name: str, *, nullable: bool = True) -> sa.Column[object]:
@@ -101,6 +102,13 @@ jobs = sa.Table(
         "id",
         postgresql_where=_BACKLOG_WHERE,
         sqlite_where=_BACKLOG_WHERE,
+    ),
+    sa.Index(
+        "ix_fairlane_jobs_rate_usage",
+        "rate_key",
+        "dispatched_at",
+        postgresql_where=_HAS_RATE_KEY,
+        sqlite_where=_HAS_RATE_KEY,
     ),
     sa.Index(
         "uq_fairlane_jobs_idempotency",
