@@ -605,6 +605,10 @@ class _FairlaneConsumer(_RabbitmqConsumer):
     It also reads ``Q`` itself (and, as the worker's delay consumer, ``Q.DQ``), where only a plain
     Dramatiq sender publishes: such a message is moved to the dead-letter queue with the reason,
     as is an undecodable one, instead of being left there or rejected without one.
+
+    A message is acked or rejected only through the consumer (connection) that delivered it: after
+    a lost connection, Dramatiq would ack a job that was running through the consumer that
+    replaced it, where the delivery tag names another message. RabbitMQ delivers it again instead.
     """
 
     broker: FairlaneBroker
@@ -675,12 +679,41 @@ class _FairlaneConsumer(_RabbitmqConsumer):
         self.known_tags.add(method.delivery_tag)
         received = _RabbitmqMessage(method.redelivered, method.delivery_tag, message)
         attach_start_hint(received, read_start_hint(properties.headers))
+        setattr(received, _DELIVERED_BY, self)
         return received
+
+    def ack(self, message: Any) -> None:
+        if not self._delivered_here(message, "ack"):
+            return
+        super().ack(message)
+
+    def nack(self, message: Any) -> None:
+        if not self._delivered_here(message, "nack"):
+            return
+        super().nack(message)
+
+    def _delivered_here(self, message: Any, action: str) -> bool:
+        """Whether this consumer delivered ``message``. Dramatiq acks a job that ran while the
+        connection was lost through the consumer that replaced it, where its delivery tag names
+        another message (or none): that ack is dropped, and RabbitMQ delivers the job again."""
+        if getattr(message, _DELIVERED_BY, self) is self:
+            return True
+        logger.debug(
+            "event=%s_dropped job=%s queue=%s reason='delivered on a connection lost since'",
+            action,
+            message.message_id,
+            self.queue_name,
+        )
+        return False
 
     def _dead_letter(self, method: Any, body: bytes, reason: str) -> None:
         logger.error("event=message_dead_lettered queue=%s reason=%r", self.queue_name, reason)
         self.broker.dead_letter_raw(self.queue_name, body, reason)
         self.channel.basic_ack(method.delivery_tag)
+
+
+#: The attribute of a received message (its proxy) naming the consumer that delivered it.
+_DELIVERED_BY = "_fairlane_delivered_by"
 
 
 def _job_id_of(body: bytes) -> str | None:

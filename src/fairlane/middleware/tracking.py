@@ -15,6 +15,9 @@ is dropped, and the job is interrupted if it still runs at the cancellation watc
 check. Any other message waits for its start to be flushed, and runs only if the ledger says
 it may: redelivered messages (whose job may be running or finished already), messages without
 a hint, and every message on SQLite.
+
+A job skipped here is logged once, with its reason, at INFO: Dramatiq's own WARNING ``Message …
+was skipped.`` for it is dropped (after a RabbitMQ outage, every redelivered finished job is one).
 """
 
 from __future__ import annotations
@@ -55,6 +58,25 @@ def runnable_since_of(message: MessageProxy) -> float | None:
 _FAILED_SKIP = "a middleware failed and skipped it before it ran (e.g. AgeLimit: older than max_age)"
 
 
+#: The attribute of a received message (its proxy) saying that Tracking logged why it skipped it.
+_SKIP_LOGGED = "_fairlane_skip_logged"
+
+
+class _DropLoggedSkips(logging.Filter):
+    """Drop Dramatiq's worker-thread WARNING ``Message … was skipped.`` for a job whose skip this
+    middleware logged with its reason at INFO (after an outage, every redelivered finished job)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        skipped = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        return not (record.msg == "Message %s was skipped." and getattr(skipped, _SKIP_LOGGED, False))
+
+
+def _skip(message: MessageProxy, reason: str) -> SkipMessage:
+    """The SkipMessage for a job this middleware skips, its reason logged (by the caller)."""
+    setattr(message, _SKIP_LOGGED, True)
+    return SkipMessage(reason)
+
+
 def default_worker_id() -> str:
     """``host:pid`` of this process, as recorded on the jobs it runs."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -68,12 +90,17 @@ class Tracking(Middleware):
         self.writer = writer
         self.cancelled = cancelled
 
+    def before_worker_boot(self, broker: Broker, worker: Any) -> None:
+        skips = logging.getLogger("dramatiq.worker.WorkerThread")
+        if not any(isinstance(item, _DropLoggedSkips) for item in skips.filters):
+            skips.addFilter(_DropLoggedSkips())
+
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         queue = broker.actor_queue_of(message.queue_name)  # type: ignore[attr-defined]
         redelivered = bool(getattr(message, "redelivered", False))
         if message.message_id in self.cancelled:
             logger.info("event=job_skipped job=%s reason='cancelled before it started'", message.message_id)
-            raise SkipMessage("cancelled before it started")
+            raise _skip(message, "cancelled before it started")
         hint = start_hint_of(message)
         if hint is not None and not redelivered and self.cancelled.complete:
             self.writer.started(message.message_id, queue)
@@ -85,12 +112,12 @@ class Tracking(Middleware):
             reason = f"no ledger row for job {message.message_id}"
             logger.error("event=message_dead_lettered job=%s reason=%r", message.message_id, reason)
             broker.dead_letter_raw(message.queue_name, message.encode(), reason)  # type: ignore[attr-defined]
-            raise SkipMessage(reason)
+            raise _skip(message, reason)
         if start.decision is StartDecision.SKIP:
             logger.info(
                 "event=job_skipped job=%s reason='cancelled, finished or running'", message.message_id
             )
-            raise SkipMessage("cancelled, finished or already running")
+            raise _skip(message, "cancelled, finished or already running")
         setattr(message, _ATTEMPT, start.attempt)
         if start.runnable_since is not None:
             setattr(message, _RUNNABLE_SINCE, start.runnable_since.timestamp())
