@@ -229,45 +229,35 @@ def main(argv: list[str] | None = None) -> int:
             )
             _explain(
                 connection,
-                "admission round: the queue's turn and its dispatched count",
+                "admission round (capped queues): the queue's turn and its dispatched count",
                 _literal(statements.try_lock_queue, p_queue=QUEUE),
             )
             _explain(
                 connection,
-                "admission round: the backlog scan (16 free slots)",
+                "admission round (capped queues): the backlog scan (16 free slots)",
                 _literal(admission._backlog_query(QUEUE, [], 16)),
             )
+            first_due = [
+                row[0]
+                for row in connection.execute(
+                    "SELECT id FROM fairlane_jobs WHERE queue = %s AND state IN ('pending', 'retrying') "
+                    "ORDER BY lane_rank, stride_pass, id LIMIT 16",
+                    (QUEUE,),
+                ).fetchall()
+            ]
             _explain(
                 connection,
-                "admission round: dispatch the chosen jobs (16)",
+                "admission round (capped queues): dispatch the chosen jobs (16)",
                 "UPDATE fairlane_jobs SET state = 'dispatched', dispatched_at = now(), updated_at = now() "
                 "WHERE id = ANY(%(ids)s::text[])",
-                {
-                    "ids": [
-                        row[0]
-                        for row in connection.execute(
-                            "SELECT id FROM fairlane_jobs WHERE queue = %s "
-                            "AND state IN ('pending', 'retrying') "
-                            "ORDER BY lane_rank, stride_pass, id LIMIT 16",
-                            (QUEUE,),
-                        ).fetchall()
-                    ]
-                },
+                {"ids": first_due},
             )
             _explain(
                 connection,
                 "admission round, second statement: dispatch the chosen jobs (16), advance the lane",
                 _CLOSE_ROUND_PG,
                 {
-                    "ids": [
-                        row[0]
-                        for row in connection.execute(
-                            "SELECT id FROM fairlane_jobs WHERE queue = %s "
-                            "AND state IN ('pending', 'retrying') "
-                            "ORDER BY lane_rank, stride_pass, id LIMIT 16",
-                            (QUEUE,),
-                        ).fetchall()
-                    ],
+                    "ids": first_due,
                     "queue": QUEUE,
                     "lanes": ["normal"],
                     "times": [1.0],
