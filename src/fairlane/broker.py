@@ -16,6 +16,7 @@ import collections
 import functools
 import json
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -47,7 +48,7 @@ from fairlane.middleware.context import running_tenant
 from fairlane.notifications import CancelledJobs
 from fairlane.observability.catalog import JOBS_ENQUEUED
 from fairlane.publisher_connections import FreshConnectionBroker
-from fairlane.rabbitmq_outages import CONNECTION_ERRORS, RabbitmqOutages
+from fairlane.rabbitmq_outages import CONNECTION_ERRORS, RabbitmqOutages, quiet_consumer_thread
 from fairlane.settings import Settings, time_limit_problem
 from fairlane.validation import check_idempotency_key, check_tenant
 
@@ -614,6 +615,9 @@ class _FairlaneConsumer(_RabbitmqConsumer):
     broker: FairlaneBroker
 
     def __init__(self, broker: FairlaneBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        # Created in its Dramatiq consumer thread: a lost connection is logged once per outage for
+        # the worker (fairlane.rabbitmq_outages), not by that thread per retry.
+        quiet_consumer_thread(threading.current_thread())
         self.broker = broker
         self.queue_name = queue_name
         self.logger = logging.getLogger("dramatiq.brokers.rabbitmq._FairlaneConsumer")
@@ -683,20 +687,19 @@ class _FairlaneConsumer(_RabbitmqConsumer):
         return received
 
     def ack(self, message: Any) -> None:
-        if not self._delivered_here(message, "ack"):
-            return
-        super().ack(message)
+        if self._settles(message, "ack"):
+            super().ack(message)
 
     def nack(self, message: Any) -> None:
-        if not self._delivered_here(message, "nack"):
-            return
-        super().nack(message)
+        if self._settles(message, "nack"):
+            super().nack(message)
 
-    def _delivered_here(self, message: Any, action: str) -> bool:
-        """Whether this consumer delivered ``message``. Dramatiq acks a job that ran while the
-        connection was lost through the consumer that replaced it, where its delivery tag names
-        another message (or none): that ack is dropped, and RabbitMQ delivers the job again."""
-        if getattr(message, _DELIVERED_BY, self) is self:
+    def _settles(self, message: Any, action: str) -> bool:
+        """Whether this consumer can ack or reject ``message``: it delivered it and has not tried
+        to before. Dramatiq acks a job that ran while the connection was lost again and again
+        (through this consumer, then through the one that replaced it, where its delivery tag
+        names another message or none): those acks are dropped, and RabbitMQ delivers it again."""
+        if getattr(message, _DELIVERED_BY, self) is self and message._tag in self.known_tags:
             return True
         logger.debug(
             "event=%s_dropped job=%s queue=%s reason='delivered on a connection lost since'",

@@ -15,7 +15,7 @@ The first failure logs one WARNING, ``event=rabbitmq_unreachable component=… e
 further failures and every retry log nothing, and the first success after them (every member
 back, for the worker) logs one INFO, ``event=rabbitmq_reconnected component=… down_seconds=…``.
 pika's own connection errors and Dramatiq's per-consumer restart lines are silenced
-(:func:`silence_pika`, :func:`quiet_consumer_threads`): those two lines are all an outage leaves.
+(:func:`silence_pika`, :func:`quiet_consumer_thread`): those two lines are all an outage leaves.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 from typing import Any
 
 import pika.exceptions
@@ -135,13 +135,12 @@ class _DropConsumerRestartLines(logging.Filter):
 _CONSUMER_FILTER = _DropConsumerRestartLines()
 
 
-def quiet_consumer_threads(consumer_threads: Iterable[Any]) -> None:
-    """Silence the connection-error and restart lines of a Dramatiq worker's consumer threads
-    (each logs them per queue, per retry and per message it could not ack)."""
-    for thread in consumer_threads:
-        thread_logger = getattr(thread, "logger", None)
-        if isinstance(thread_logger, logging.Logger):
-            thread_logger.addFilter(_CONSUMER_FILTER)
+def quiet_consumer_thread(thread: Any) -> None:
+    """Silence the connection-error and restart lines of a Dramatiq worker's consumer thread
+    (each logs them per retry, and per message it could not ack)."""
+    thread_logger = getattr(thread, "logger", None)
+    if isinstance(thread_logger, logging.Logger):
+        thread_logger.addFilter(_CONSUMER_FILTER)
 
 
 def silence_pika() -> None:
@@ -156,6 +155,6 @@ __all__ = [
     "CONNECTION_ERRORS",
     "Outage",
     "RabbitmqOutages",
-    "quiet_consumer_threads",
+    "quiet_consumer_thread",
     "silence_pika",
 ]

@@ -27,7 +27,6 @@ from fairlane.ledger.actors import CatalogEntry
 from fairlane.ledger.clock import ClockOffset
 from fairlane.ledger.writer import LedgerWriter
 from fairlane.observability.heartbeat import WorkerHeartbeat
-from fairlane.rabbitmq_outages import quiet_consumer_threads
 from fairlane.work_queue import LaneWorkQueue
 
 logger = logging.getLogger("fairlane.worker")
@@ -59,8 +58,6 @@ class WorkerServices(Middleware):
 
     def after_worker_boot(self, broker: Broker, worker: Any) -> None:
         fairlane_broker = self._broker(broker)
-        # A lost connection is logged once for all consumers (fairlane.rabbitmq_outages).
-        quiet_consumer_threads(getattr(worker, "consumers", {}).values())
         entries = [
             CatalogEntry.describe(actor.actor_name, actor.queue_name, actor.fn, actor.options)
             for actor in broker.actors.values()

@@ -65,6 +65,15 @@ CRON_TICK_SECONDS = 1.0
 RECORD_INTERVAL = 5.0
 
 
+class _DropOverlapSkips(logging.Filter):
+    """Drop APScheduler's WARNING for a run skipped because the task's last run still goes: tasks
+    never overlap by design (``max_instances=1``), and a task slowed by an outage would log it
+    at every interval."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and "maximum number of running instances" in record.msg)
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
     """A scheduler task: its name (the ``task`` label), interval and function."""
@@ -113,6 +122,9 @@ class Scheduler:
             executors={name: ThreadPoolExecutor(max_workers=1) for name in self.tasks},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
+        aps_logger = logging.getLogger("apscheduler.scheduler")
+        if not any(isinstance(item, _DropOverlapSkips) for item in aps_logger.filters):
+            aps_logger.addFilter(_DropOverlapSkips())
         self._leader = threading.Event()
         self._last_check = time.monotonic()
         self._last_recorded: dict[str, float] = {}
