@@ -83,11 +83,14 @@ class Deployment:
         self.schedulers: list[subprocess.Popen[bytes]] = []
         self._spawned: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, name: str, *arguments: str, **settings: str) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, name: str, *arguments: str, env: Mapping[str, str] | None = None, **settings: str
+    ) -> subprocess.Popen[bytes]:
         """Run ``fairlane ARGUMENTS… MODULE`` in a session of its own, logging to ``<name>.log``;
-        ``settings`` (``FAIRLANE_`` names without the prefix) override the deployment's for it."""
+        ``settings`` (``FAIRLANE_`` names without the prefix) and ``env`` (any other variables)
+        override the deployment's for it."""
         command = [sys.executable, "-m", "fairlane.cli", *arguments, self.module]
-        env = self.env | {f"FAIRLANE_{key}": value for key, value in settings.items()}
+        env = self.env | dict(env or {}) | {f"FAIRLANE_{key}": value for key, value in settings.items()}
         with (self.logs / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(
                 command,

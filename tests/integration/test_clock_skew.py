@@ -14,7 +14,6 @@ which the kernel stamps whatever the process that wrote them believes the time i
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import itertools
 import json
@@ -22,7 +21,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,9 +36,10 @@ from fairlane.ledger.schema import jobs
 from fairlane.ledger.workers import WorkerStore
 from fairlane.scheduling.reaper import run_reaper
 
+from ..deployment import Deployment
 from .skew_actors import QUEUE_VARIABLE, RELEASE, declare, marker
 from .support import eventually
-from .worker_processes import REPO_ROOT, STARTUP, worker_environment
+from .worker_processes import STARTUP, worker_environment
 
 #: How far the skewed processes' clocks are off (seconds).
 SKEW = 120
@@ -60,23 +59,22 @@ pytestmark = pytest.mark.skipif(
 
 
 class Processes:
-    """The ``fairlane`` processes of one test, each with the clock skew it was given, logging to one file."""
+    """The ``fairlane`` processes of one test (a :class:`Deployment` of ``skew_actors``), each with
+    the clock skew it was given."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env = env
-        self.log = log
-        self.spawned: list[subprocess.Popen[bytes]] = []
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        logs.mkdir(exist_ok=True)
+        self.deployment = Deployment(env, "tests.integration.skew_actors", logs)
+        self._count = itertools.count()
 
     def worker(self, queue: str, skew: int = 0) -> subprocess.Popen[bytes]:
         """A ``fairlane worker`` consuming ``queue`` (the actors of ``skew_actors``)."""
-        command = ["worker", "--processes", "1", "--threads", "2", "--shutdown-timeout", "10"]
-        return self._spawn([*command, "tests.integration.skew_actors"], queue, skew)
+        arguments = ("worker", "--processes", "1", "--threads", "2", "--shutdown-timeout", "10")
+        return self._spawn(queue, skew, *arguments)
 
     def scheduler(self, queue: str, skew: int, cron: list[dict[str, object]]) -> subprocess.Popen[bytes]:
         """A ``fairlane scheduler`` with the ``cron`` schedules of ``FAIRLANE_CRON``."""
-        return self._spawn(
-            ["scheduler", "tests.integration.skew_actors"], queue, skew, FAIRLANE_CRON=json.dumps(cron)
-        )
+        return self._spawn(queue, skew, "scheduler", CRON=json.dumps(cron))
 
     def stop(self, process: subprocess.Popen[bytes]) -> None:
         """SIGTERM: a clean stop."""
@@ -90,38 +88,30 @@ class Processes:
 
     def kill(self, process: subprocess.Popen[bytes]) -> None:
         """SIGKILL the process and its children (each process is its own process group)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
+        self.deployment.kill_tree(process)
 
     def kill_all(self) -> None:
-        for process in self.spawned:
-            self.kill(process)
+        self.deployment.close()
 
     def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        """Every process's whole log."""
+        return "\n".join(
+            path.read_text(errors="replace") for path in sorted(self.deployment.logs.glob("*.log"))
+        )
 
-    def _spawn(self, arguments: list[str], queue: str, skew: int, **extra: str) -> subprocess.Popen[bytes]:
-        env = {**self.env, QUEUE_VARIABLE: queue, **extra}
+    def _spawn(self, queue: str, skew: int, *arguments: str, **settings: str) -> subprocess.Popen[bytes]:
+        env = {QUEUE_VARIABLE: queue}
         if skew:
             assert LIBFAKETIME is not None
+            base = self.deployment.env
             env.update(
-                LD_PRELOAD=" ".join(filter(None, [LIBFAKETIME, env.get("LD_PRELOAD")])),
+                LD_PRELOAD=" ".join(filter(None, [LIBFAKETIME, base.get("LD_PRELOAD")])),
                 FAKETIME=f"{skew:+d}",  # the wall clock only: timers and timeouts stay right
                 FAKETIME_DONT_FAKE_MONOTONIC="1",
-                PYTHONPATH=os.pathsep.join(filter(None, [str(FAKETIME_SITE), env.get("PYTHONPATH")])),
+                PYTHONPATH=os.pathsep.join(filter(None, [str(FAKETIME_SITE), base.get("PYTHONPATH")])),
             )
-        with self.log.open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "fairlane.cli", *arguments],
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.spawned.append(process)
-        return process
+        name = f"{arguments[0]}-{next(self._count)}"
+        return self.deployment.spawn(name, *arguments, env=env, **settings)
 
 
 @pytest.fixture
@@ -150,7 +140,7 @@ def processes(app: App, broker_url: str, postgres_url: str, tmp_path: Path) -> I
         METRICS_PORT="0",
         HEALTH_PORT="0",
     )
-    spawned = Processes(env, tmp_path / "processes.log")
+    spawned = Processes(env, tmp_path / "processes")
     try:
         yield spawned
     finally:
