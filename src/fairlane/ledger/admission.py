@@ -146,6 +146,9 @@ class Admission:
         self.rate_limits = rate_limits
         self.lane_names = settings.lanes
         self.shares = [settings.min_shares[lane] for lane in settings.lanes]
+        #: The round's fixed parameters on PostgreSQL: lane names, and the lanes with a minimum share.
+        self._lane_list = list(self.lane_names)
+        self._share_ranks = [rank for rank, share in enumerate(self.shares) if share > 0]
         self._postgresql = engine.dialect.name == "postgresql"
         self._insert = postgresql.insert if self._postgresql else sqlite.insert
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -395,10 +398,10 @@ class Admission:
             cursor = driver.cursor(row_factory=namedtuple_row)  # type: ignore[union-attr]
             parameters = {
                 "queue": queue,
-                "lanes": list(self.lane_names),
+                "lanes": self._lane_list,
                 "budget": budget,
                 "factor": 2 if self.rate_limits.budgets else 1,
-                "share_ranks": [rank for rank, share in enumerate(self.shares) if share > 0],
+                "share_ranks": self._share_ranks,
             }
             rows = cursor.execute(_OPEN_ROUND_PG[wait], parameters, prepare=True).fetchall()
             if not rows:
