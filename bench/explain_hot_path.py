@@ -49,7 +49,7 @@ COLUMNS = (
 )
 
 
-def _load(url: str, finished: int, backlog: int) -> None:
+def _load(url: str, finished: int, backlog: int, analyze: bool) -> None:
     now = datetime.now(UTC)
     message = '{"queue_name":"explain.normal","actor_name":"noop","args":[],"kwargs":{},"options":{}}'
     with psycopg.connect(url) as connection, connection.cursor() as cursor:
@@ -107,7 +107,7 @@ def _load(url: str, finished: int, backlog: int) -> None:
         cursor.execute("INSERT INTO fairlane_queues (name) VALUES (%s) ON CONFLICT DO NOTHING", (QUEUE,))
         connection.commit()
     with psycopg.connect(url, autocommit=True) as connection:
-        connection.execute("VACUUM ANALYZE fairlane_jobs")
+        connection.execute("VACUUM ANALYZE fairlane_jobs" if analyze else "VACUUM fairlane_jobs")
 
 
 def _explain(
@@ -165,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--finished", type=int, default=1_000_000)
     parser.add_argument("--backlog", type=int, default=10_000)
+    parser.add_argument(
+        "--no-analyze",
+        dest="analyze",
+        action="store_false",
+        help="leave the table without statistics, as a fresh bulk load is until autovacuum analyzes it",
+    )
     args = parser.parse_args(argv)
     name = f"fairlane_explain_{secrets.token_hex(4)}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
@@ -175,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = create_ledger_engine(settings)
         migrate(engine, settings)
         began = time.monotonic()
-        _load(url, args.finished, args.backlog)
+        _load(url, args.finished, args.backlog, args.analyze)
         print(
             f"loaded {args.finished:,} finished and {args.backlog + 40:,} live jobs in "
             f"{time.monotonic() - began:.0f} s; PostgreSQL {engine.dialect.server_version_info}"

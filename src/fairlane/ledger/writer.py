@@ -54,7 +54,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from fairlane.ledger.database import as_utc, dedicated_connection
+from fairlane.ledger.database import as_utc, dedicated_connection, replan_if_stale
 from fairlane.ledger.jobs import JobError, Start, StartDecision, error_columns
 from fairlane.ledger.schema import DEAD, RETRYING, RUNNING, SUCCEEDED, jobs
 from fairlane.ledger.transitions import FINISH_ONE, FINISHES, FLUSH_PG, RESTART_ONE, START_ONE
@@ -143,6 +143,7 @@ class LedgerWriter:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._raw: Any = None  # the writer's own DBAPI connection (PostgreSQL)
+        self._planned_at: float | None = None  # when its prepared flush was planned
         dbapi = engine.dialect.loaded_dbapi
         #: Errors after which the flush is retried on a new connection (the database went away).
         self._connection_errors: tuple[type[BaseException], ...] = (
@@ -428,9 +429,12 @@ class LedgerWriter:
         return started, known, {row[0] for row in rows if row[3]}
 
     def _raw_connection(self) -> Any:
-        """The writer's own psycopg connection (kept out of the pool for the writer's life)."""
+        """The writer's own psycopg connection (kept out of the pool for the writer's life), its
+        prepared flush planned again every few seconds (see :func:`replan_if_stale`)."""
         if self._raw is None:
             self._raw = dedicated_connection(self.engine)
+            self._planned_at = None
+        self._planned_at = replan_if_stale(self._raw, self._planned_at)
         return self._raw
 
     def _close_raw(self) -> None:
