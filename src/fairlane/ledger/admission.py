@@ -866,7 +866,9 @@ _COPY_JOBS = f"COPY fairlane_jobs ({', '.join(_COPY_COLUMNS)}) FROM STDIN"
 #: The accept of one job on PostgreSQL, in one statement: the idle check, the tenant's stride
 #: pass (only when the job waits), the insert, and a NOTIFY to the queue's dispatchers. Its
 #: times are the server's ``now()`` (the job's ``delay`` counts from it); it returns the new
-#: row's state and ``next_run_at``.
+#: row's state and ``next_run_at``. The backlog probes read the first due job in the claim
+#: index's order (``LIMIT 1``), so their plan is that index's first entry at any backlog size (an
+#: ``EXISTS`` was planned as a bitmap scan of the whole backlog: 12-27 ms behind 100,000 jobs).
 _ACCEPT_PG = f"""
 WITH vt AS (
   SELECT coalesce(
@@ -874,15 +876,15 @@ WITH vt AS (
 ), room AS (
   SELECT %(eligible)s
      AND (SELECT count(*) FROM fairlane_jobs WHERE queue = %(queue)s AND {DISPATCHED_PREDICATE})
-         < CASE WHEN EXISTS (
-                  SELECT 1 FROM fairlane_jobs
+         < CASE WHEN coalesce((
+                  SELECT true FROM fairlane_jobs
                   WHERE queue = %(queue)s AND {BACKLOG_PREDICATE} AND lane_rank > %(rank)s
-                    AND next_run_at <= now())
+                    AND next_run_at <= now()
+                  ORDER BY lane_rank, stride_pass, id LIMIT 1), false)
                 THEN %(overtake_budget)s ELSE %(budget)s END
-     AND NOT EXISTS (
-       SELECT 1 FROM fairlane_jobs
-       WHERE queue = %(queue)s AND {BACKLOG_PREDICATE} AND lane_rank <= %(rank)s AND next_run_at <= now()
-     ) AS free
+     AND (SELECT true FROM fairlane_jobs
+          WHERE queue = %(queue)s AND {BACKLOG_PREDICATE} AND lane_rank <= %(rank)s AND next_run_at <= now()
+          ORDER BY lane_rank, stride_pass, id LIMIT 1) IS NULL AS free
 ), pass AS (
   INSERT INTO fairlane_tenant_passes (queue, lane, tenant, last_pass)
   SELECT %(queue)s, %(lane)s, %(tenant)s, vt.t FROM vt, room WHERE %(fair)s AND NOT room.free
