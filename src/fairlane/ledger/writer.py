@@ -430,7 +430,7 @@ class LedgerWriter:
 
     def _raw_connection(self) -> Any:
         """The writer's own psycopg connection (kept out of the pool for the writer's life), its
-        prepared flush planned again every few seconds (see :func:`replan_if_stale`)."""
+        prepared flush planned again every second (see :func:`replan_if_stale`)."""
         if self._raw is None:
             self._raw = dedicated_connection(self.engine)
             self._planned_at = None
