@@ -98,6 +98,26 @@ def test_a_plan_made_on_an_empty_ledger_is_made_again_once_stale(ledger: tuple[s
         connection.close()
 
 
+def test_statements_prepared_after_a_refresh_that_found_none_are_dropped_by_the_next(
+    ledger: tuple[str, sa.Engine],
+) -> None:
+    _url, engine = ledger
+    connection = dedicated_connection(engine)
+    stale = -PLAN_LIFETIME - 1.0
+    try:
+        replan_if_stale(connection, stale)  # nothing prepared yet
+        connection.execute(LOOKUP, {"ids": ["x"]}, prepare=True)
+        replan_if_stale(connection, stale)
+        assert connection.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+        # psycopg agrees: it prepares the statement again instead of running one the server dropped.
+        assert connection.execute(LOOKUP, {"ids": ["x"]}, prepare=True).fetchall() == []
+        replan_if_stale(connection, stale)
+        assert connection.execute(LOOKUP, {"ids": ["x"]}, prepare=True).fetchall() == []
+        assert connection.autocommit  # left as it was
+    finally:
+        connection.close()
+
+
 def test_pooled_connections_drop_stale_plans_at_checkout(
     ledger: tuple[str, sa.Engine], monkeypatch: pytest.MonkeyPatch
 ) -> None:

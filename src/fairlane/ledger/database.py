@@ -62,16 +62,26 @@ def replan_if_stale(connection: Any, planned_at: float | None) -> float:
     9,800 buffers per flush behind a 100,000-job backlog instead of 0.7 ms and 140. Preparing
     again every second lets the plans follow the table's size within a second of a flood, for
     one planning per statement and connection per second (about 1 ms each: a few ms of
-    PostgreSQL's CPU per second per process). psycopg sees ``DEALLOCATE ALL`` and forgets its own.
+    PostgreSQL's CPU per second per process).
+
+    The statements are dropped by a rollback, which psycopg answers by forgetting its prepared
+    statements and deallocating them on the server, so both sides agree. (A ``DEALLOCATE ALL``
+    sent by hand is not always noticed by psycopg: its second run on a connection that had no
+    prepared statement at the first is not, and the next run of a forgotten statement fails.)
+    ``connection`` must be idle, outside a transaction.
     """
     now = time.monotonic()
     if planned_at is None:
         return now
     if now - planned_at < PLAN_LIFETIME:
         return planned_at
-    connection.execute("DEALLOCATE ALL")
-    if not connection.autocommit:
-        connection.commit()
+    autocommit = connection.autocommit
+    connection.autocommit = False
+    try:
+        connection.execute("SELECT 1")  # opens the transaction the rollback ends
+        connection.rollback()
+    finally:
+        connection.autocommit = autocommit
     return now
 
 
