@@ -1,6 +1,6 @@
 """EXPLAIN (ANALYZE, BUFFERS) of the hot path's statements with 1,000,000 finished jobs in the ledger.
 
-    python bench/explain_hot_path.py [--finished N] [--backlog N]
+    python bench/explain_hot_path.py [--finished N] [--backlog N] [--no-analyze]
 
 Creates a PostgreSQL database ``fairlane_explain_<random>`` (dropped at the end), migrates it,
 loads ``--finished`` succeeded jobs (COPY) plus a live queue: a backlog of ``--backlog``
@@ -14,7 +14,11 @@ back, so every plan sees the same table:
 * a worker's flush: 8 finishes and 8 starts in one statement.
 
 What to look for: every scan is an index scan on a partial index or the primary key, and the
-buffers touched do not grow with ``--finished``.
+buffers touched do not grow with ``--finished``. ``--no-analyze`` leaves the table without
+statistics (a fresh bulk load before autovacuum analyzes it, or autovacuum off); with
+``--finished 0 --backlog 0`` it shows the plans a worker booting on an empty ledger prepares
+(sequential scans: why prepared statements are planned again every second, see
+``fairlane.ledger.database.replan_if_stale``).
 """
 
 from __future__ import annotations
