@@ -140,3 +140,18 @@ def test_pooled_connections_drop_stale_plans_at_checkout(
         # psycopg forgot its own record of the statement too: it prepares it again.
         connection.connection.driver_connection.execute(LOOKUP, {"ids": ["x"]}, prepare=True)  # type: ignore[union-attr]
         assert prepared(connection) == 1
+
+
+def test_a_pooled_connection_that_died_is_replaced_when_its_plans_are_refreshed(
+    ledger: tuple[str, sa.Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, engine = ledger
+    engine.dispose()
+    with engine.connect() as connection:
+        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    with psycopg.connect(url, autocommit=True) as admin:  # as a server restart ends it
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    monkeypatch.setattr(database, "PLAN_LIFETIME", 0.0)
+
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid

@@ -105,9 +105,15 @@ def create_ledger_engine(settings: Settings) -> sa.Engine:
             connect_args={"prepare_threshold": _NEVER, "options": "-c plan_cache_mode=force_generic_plan"},
         )
 
+        dbapi = engine.dialect.loaded_dbapi
+
         @sa.event.listens_for(engine, "checkout")
         def _replan(dbapi_connection: Any, record: Any, _proxy: object) -> None:
-            record.info["planned_at"] = replan_if_stale(dbapi_connection, record.info.get("planned_at"))
+            try:
+                record.info["planned_at"] = replan_if_stale(dbapi_connection, record.info.get("planned_at"))
+            except (dbapi.OperationalError, dbapi.InterfaceError) as error:
+                # It died while pooled (e.g. the server restarted): SQLAlchemy replaces it at once.
+                raise sa.exc.DisconnectionError(type(error).__name__) from error
 
         return engine
 
