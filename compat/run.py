@@ -12,8 +12,12 @@ a Dramatiq git mirror), runs pytest once per broker and prints, per test file, h
 were selected and passed on each broker, then every test that passes on plain RabbitMQ but not
 on fairlane with a one-line reason.
 
-Exit status: 0 when every such test is listed in ``compat/expected_differences.txt``; 1 when
-one is not; 2 when a run could not be completed (download, services, pytest crash).
+Such a test not listed in ``compat/expected_differences.txt`` is run once more on fairlane, on
+its own: one that passes then is reported as flaky (failed in the suite run, passed alone).
+
+Exit status: 0 when every such test is listed in ``compat/expected_differences.txt`` or passed
+when re-run; 1 when one is not; 2 when a run could not be completed (download, services, pytest
+crash).
 """
 
 from __future__ import annotations
@@ -143,12 +147,12 @@ class Outcome:
 
 
 def run_pytest(
-    broker: str, targets: list[str], *, extra: list[str], run_timeout: float
+    broker: str, targets: list[str], *, extra: list[str], run_timeout: float, name: str = ""
 ) -> dict[str, Outcome]:
-    """Run the selection on one broker; return each test's outcome."""
+    """Run the selection on one broker; return each test's outcome (``name`` tells runs apart)."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    report = RESULTS_DIR / f"{broker}.jsonl"
-    log = RESULTS_DIR / f"{broker}.log"
+    report = RESULTS_DIR / f"{broker}{name}.jsonl"
+    log = RESULTS_DIR / f"{broker}{name}.log"
     report.unlink(missing_ok=True)
     env = dict(os.environ, COMPAT_REPORT=str(report), COMPAT_BROKER=broker)
     command = [
@@ -234,7 +238,28 @@ def _file_of(nodeid: str) -> str:
     return nodeid.split("::", 1)[0]
 
 
-def report(results: dict[str, dict[str, Outcome]], baseline_note: str) -> int:
+def unexpected_regressions(results: dict[str, dict[str, Outcome]]) -> list[str]:
+    """Tests that passed on plain RabbitMQ, did not on fairlane, and are not expected not to."""
+    plain, fair = results.get("rabbitmq"), results.get("fairlane")
+    if plain is None or fair is None:
+        return []
+    expected = load_expected()
+    return [
+        i for i, o in sorted(plain.items()) if o.outcome == "passed"
+        and fair.get(i, Outcome("not run")).outcome != "passed" and not _is_expected(i, expected)
+    ]  # fmt: skip
+
+
+def rerun_alone(nodeids: list[str], *, extra: list[str], run_timeout: float) -> dict[str, Outcome]:
+    """Run ``nodeids`` once more on fairlane, in a run of their own; the ones that pass now."""
+    print(f"re-running {len(nodeids)} unexpected difference(s) on their own:", flush=True)
+    outcomes = run_pytest("fairlane", nodeids, extra=extra, run_timeout=run_timeout, name="-rerun")
+    return {i: o for i, o in outcomes.items() if o.outcome == "passed"}
+
+
+def report(
+    results: dict[str, dict[str, Outcome]], baseline_note: str, flaky: dict[str, Outcome] | None = None
+) -> int:
     plain, fair = results.get("rabbitmq"), results.get("fairlane")
     nodeids = sorted(set().union(*(set(r) for r in results.values())))
     files: dict[str, list[str]] = defaultdict(list)
@@ -271,12 +296,13 @@ def report(results: dict[str, dict[str, Outcome]], baseline_note: str) -> int:
         i for i in nodeids if plain.get(i, Outcome("not run")).outcome == "passed"
         and fair.get(i, Outcome("not run")).outcome != "passed"
     ]  # fmt: skip
-    unexpected = [i for i in regressions if not _is_expected(i, expected)]
+    unexpected = [i for i in regressions if not _is_expected(i, expected) and i not in (flaky or {})]
     print(f"\npass on plain RabbitmqBroker, not on fairlane: {len(regressions)}", end="")
     print(f" ({len(unexpected)} not in expected_differences.txt)")
     for nodeid in regressions:
         outcome = fair.get(nodeid, Outcome("not run"))
         mark = "  (expected)" if _is_expected(nodeid, expected) else ""
+        mark = "  (flaky)" if nodeid in (flaky or {}) else mark
         print(f"  {nodeid}{mark}\n      {outcome.outcome}: {_short(outcome.reason)}")
     improvements = [
         i for i in nodeids if fair.get(i, Outcome("not run")).outcome == "passed"
@@ -286,6 +312,10 @@ def report(results: dict[str, dict[str, Outcome]], baseline_note: str) -> int:
         print(f"\npass on fairlane, not on plain RabbitmqBroker: {len(improvements)}")
         for nodeid in improvements:
             print(f"  {nodeid}  (plain: {plain.get(nodeid, Outcome('not run')).outcome})")
+    if flaky:
+        print(f"\nfailed on fairlane in the suite run, passed when re-run on their own: {len(flaky)}")
+        for nodeid in sorted(flaky):
+            print(f"  {nodeid}\n      suite run: {_short(fair.get(nodeid, Outcome('not run')).reason)}")
     stale = [e for e in expected if not any(i == e or i.split("[", 1)[0] == e for i in regressions)]
     ran = {i.split("[", 1)[0] for i in nodeids} | set(nodeids)
     stale = [e for e in stale if e in ran]
@@ -354,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
             results[broker] = run_pytest(broker, targets, extra=extra, run_timeout=args.run_timeout)
             if not chosen:
                 _save(broker, suffix, results[broker])
+        # A test that fails on fairlane only inside the suite run (timing, another test's
+        # leftovers) is run once more on its own; if it passes then, it is reported as flaky
+        # (and does not fail the run) rather than hidden.
+        unexpected = unexpected_regressions(results)
+        flaky = rerun_alone(unexpected, extra=extra, run_timeout=args.run_timeout) if unexpected else {}
     except CompatError as error:
         print(f"compat: {error}", file=sys.stderr)
         return 2
@@ -366,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             ran = set(results[brokers[0]])
             results[other] = {i: o for i, o in saved.items() if i in ran}
             note = f"({LABELS[other]} column: from its last saved run of the whole selection)"
-    return report(results, note)
+    return report(results, note, flaky)
 
 
 if __name__ == "__main__":
