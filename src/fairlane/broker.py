@@ -45,6 +45,7 @@ from fairlane.ledger.lost_sends import SendGuard
 from fairlane.ledger.schema import DISPATCHED
 from fairlane.message_headers import attach_start_hint, read_start_hint, start_headers
 from fairlane.middleware.context import running_tenant
+from fairlane.middleware_signals import SignalEmitter
 from fairlane.notifications import CancelledJobs
 from fairlane.observability.catalog import JOBS_ENQUEUED
 from fairlane.publisher_connections import FreshConnectionBroker
@@ -65,9 +66,10 @@ def dead_letter_queue_name(queue: str) -> str:
     return f"{queue}.XQ"
 
 
-class FairlaneBroker(FreshConnectionBroker):
-    """A Dramatiq RabbitMQ broker whose ``enqueue`` admits jobs through the ledger (and whose
-    idle publishing connections are replaced before use: see :mod:`fairlane.publisher_connections`)."""
+class FairlaneBroker(SignalEmitter, FreshConnectionBroker):
+    """A Dramatiq RabbitMQ broker whose ``enqueue`` admits jobs through the ledger (whose idle
+    publishing connections are replaced before use: see :mod:`fairlane.publisher_connections`;
+    and whose signals reach only the middleware that handle them: :mod:`fairlane.middleware_signals`)."""
 
     def __init__(
         self,
