@@ -265,6 +265,18 @@ class Ledger:
     url: str
     database: str | None = None
     version: str = ""
+    #: Whether the server runs autovacuum (off on some CI machines).
+    autovacuum: bool = True
+
+    def vacuum(self) -> None:
+        """``VACUUM ANALYZE`` the ledger when the server's autovacuum is off: what autovacuum
+        does on any real deployment (fairlane's migrations tune it for the jobs table). Without
+        it each drain leaves 20,000+ dead row versions, and the next drain's PostgreSQL CPU per
+        job grows (0.12 → 0.30 ms over four 30,000-job drains in one probe)."""
+        if self.database is None or self.autovacuum:
+            return
+        with psycopg.connect(self.url, autocommit=True) as connection:
+            connection.execute("VACUUM ANALYZE")
 
 
 @contextlib.contextmanager
@@ -276,12 +288,12 @@ def ledger_for(kind: str, run_id: str, workdir: Path) -> Iterator[Ledger]:
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
         version = " ".join(
             f"{name}={connection.execute(f'SHOW {name}').fetchone()[0]}"  # type: ignore[index]
-            for name in ("server_version", "synchronous_commit", "fsync")
+            for name in ("server_version", "synchronous_commit", "fsync", "autovacuum")
         )
         connection.execute(f'CREATE DATABASE "{database}"')
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
     try:
-        yield Ledger("postgresql", f"{base}/{database}", database, version)
+        yield Ledger("postgresql", f"{base}/{database}", database, version, "autovacuum=off" not in version)
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
@@ -1293,6 +1305,7 @@ def main(argv: list[str] | None = None) -> int:
             f"fairlane ledger: {ledger.kind} {ledger.version}"
             + (f" (fresh database {ledger.database})" if ledger.database else " (temporary file)")
             + f" · pg_stat_statements: {statements.unavailable or 'yes'} · run {run_id}"
+            + ("" if ledger.autovacuum else " · autovacuum off: VACUUM ANALYZE before each drain")
         )
         console.print(
             f"{args.drain_jobs} jobs per drain · {args.jobs} per send loop · "
@@ -1369,6 +1382,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     with budget.timing(step):
                         time.sleep(1.0)  # let the previous worker's connections close
+                        ledger.vacuum()
 
                         def start(
                             system: str = system, processes: int = processes, rep: int = rep
