@@ -61,6 +61,7 @@ class App:
         self.dispatcher.close()
         self.writer.stop()
         self.broker.close()
+        self.admission.close()
         self.engine.dispose()
 
 

@@ -34,7 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from fairlane.ledger import transitions
 from fairlane.ledger.clock import database_now, ledger_now
-from fairlane.ledger.database import as_utc
+from fairlane.ledger.database import POOL_RECYCLE, POOL_SIZE, as_utc
 from fairlane.ledger.ratelimits import RateLimits
 from fairlane.ledger.schema import (
     BACKLOG_PREDICATE,
@@ -48,6 +48,7 @@ from fairlane.ledger.schema import (
     tenant_passes,
     tenants,
 )
+from fairlane.ledger.statement_connections import StatementConnections
 from fairlane.settings import Settings
 
 
@@ -152,9 +153,16 @@ class Admission:
         self._postgresql = engine.dialect.name == "postgresql"
         self._insert = postgresql.insert if self._postgresql else sqlite.insert
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        #: Where a send's accept runs on PostgreSQL, when one is free (see its module).
+        kept = POOL_SIZE if self._postgresql else 0
+        self._statement_connections = StatementConnections(engine, kept, POOL_RECYCLE)
         self._statements = _Statements(self._insert, self._postgresql)
         self._tenant_cache: tuple[float, dict[str, tuple[float, int | None]]] = (0.0, {})
         self._queue_rows: set[str] = set()
+
+    def close(self) -> None:
+        """Close the connections kept for accepts (the engine's pool is the engine's)."""
+        self._statement_connections.close()
 
     # -- accepting -----------------------------------------------------------------------------------
 
@@ -235,8 +243,12 @@ class Admission:
             "increment": job.cost / weight,
             "notify": job.delay <= 0,
         }
+        with self._statement_connections.connection() as kept:
+            if kept is not None:
+                row = kept.execute(_ACCEPT_PG, parameters, prepare=True).fetchone()
+                return None if row is None else (str(row[0]), row[1])
         dbapi = self.engine.dialect.loaded_dbapi
-        with self._autocommit.connect() as connection:
+        with self._autocommit.connect() as connection:  # as many sends at once as kept connections
             driver = connection.connection.driver_connection
             try:
                 row = driver.execute(_ACCEPT_PG, parameters, prepare=True).fetchone()  # type: ignore[union-attr]

@@ -51,6 +51,11 @@ _NEVER = 2**62
 PLAN_LIFETIME = 1.0
 
 
+#: Connections the pool keeps (PostgreSQL), and the seconds after which a connection is replaced.
+POOL_SIZE = 10
+POOL_RECYCLE = 1800
+
+
 def replan_if_stale(connection: Any, planned_at: float | None) -> float:
     """Drop the prepared statements of a psycopg ``connection`` whose plans are older than
     :data:`PLAN_LIFETIME` seconds; returns when the plans it now runs were made.
@@ -99,9 +104,9 @@ def create_ledger_engine(settings: Settings) -> sa.Engine:
         # explicitly and always run their generic plan: planning them cost about twice running them.
         engine = sa.create_engine(
             settings.sqlalchemy_url,
-            pool_size=10,
+            pool_size=POOL_SIZE,
             max_overflow=20,
-            pool_recycle=1800,
+            pool_recycle=POOL_RECYCLE,
             connect_args={"prepare_threshold": _NEVER, "options": "-c plan_cache_mode=force_generic_plan"},
         )
 
