@@ -18,11 +18,11 @@ The budget is a GCRA per dimension with emission interval ``T = 60 s / (limit - 
 headroom)`` and tolerance ``burst * T``, where ``burst`` is 1% of the per-minute limit
 (requests: at least 1, at most 5; tokens: also the largest estimate one job may carry). That
 bound makes the sum charged over any 60 s window at most ``limit - headroom``, whatever the
-timing, while the burst lets an admission that came late catch up. Tokens keep 1% of the
+timing, while the burst lets an admission that came late catch up. Tokens keep 0.5% of the
 limit as headroom: a job calls the API a little after it was charged, and may use more than
 its estimate until it settles; the headroom keeps the real counts under the limit for calls
-up to about 1.5 s after their admission. Requests use at least 99% of their budget (450/min:
-445.5), tokens 98%.
+up to about 1 s after their admission. Requests use at least 99% of their budget (450/min:
+445.5), tokens 98.5%.
 """
 
 from __future__ import annotations
