@@ -248,7 +248,7 @@ class Admission:
                 row = kept.execute(_ACCEPT_PG, parameters, prepare=True).fetchone()
                 return None if row is None else (str(row[0]), row[1])
         dbapi = self.engine.dialect.loaded_dbapi
-        with self._autocommit.connect() as connection:  # as many sends at once as kept connections
+        with self._autocommit.connect() as connection:  # more sends at once than kept connections
             driver = connection.connection.driver_connection
             try:
                 row = driver.execute(_ACCEPT_PG, parameters, prepare=True).fetchone()  # type: ignore[union-attr]
