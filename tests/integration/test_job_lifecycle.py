@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import UTC, datetime
@@ -279,8 +280,11 @@ def test_cancel_pending_job_never_runs(make_app: Any, queue: str) -> None:
     assert fairlane.jobs.get(pending).started_at is None
 
 
-def test_cancel_running_job_interrupts_it(app: Any, queue: str, worker: Any) -> None:
+def test_cancel_running_job_interrupts_it(
+    app: Any, queue: str, worker: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     # Given a long-running job
+    caplog.set_level(logging.INFO)
     started = threading.Event()
     interrupted = threading.Event()
 
@@ -307,6 +311,9 @@ def test_cancel_running_job_interrupts_it(app: Any, queue: str, worker: Any) -> 
         job = fairlane.jobs.wait(message.message_id, timeout=10)
     assert interrupted.is_set()
     assert (job.state, job.attempts) == ("cancelled", 1)
+    # And the logs say it was cancelled, not that it failed (no ERROR with a traceback)
+    assert any(f"event=job_cancelled job={message.message_id}" in r.getMessage() for r in caplog.records)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_cancel_of_a_job_already_in_a_workers_hands_keeps_it_from_running(

@@ -26,6 +26,16 @@ from fairlane.ledger.writer import Finish, LedgerWriter
 logger = logging.getLogger("fairlane.worker")
 
 
+class _DropCancelErrors(logging.Filter):
+    """Drop Dramatiq's worker-thread ERROR ``Failed to process message … with unhandled
+    exception.`` (and its traceback) for a job this middleware interrupted: the job did not
+    fail, and ``event=job_cancelled`` says what happened to it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, JobCancelled) and record.msg.startswith("Failed to process message"))
+
+
 class Cancellation(Middleware):
     """Watch this process's running jobs for cancel requests and interrupt them.
 
@@ -44,6 +54,11 @@ class Cancellation(Middleware):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+
+    def before_worker_boot(self, broker: Broker, worker: Any) -> None:
+        errors = logging.getLogger("dramatiq.worker.WorkerThread")
+        if not any(isinstance(item, _DropCancelErrors) for item in errors.filters):
+            errors.addFilter(_DropCancelErrors())
 
     def after_worker_boot(self, broker: Broker, worker: Any) -> None:
         self._stop.clear()
