@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from datetime import timedelta
 from typing import Any
+
+import pytest
 
 import fairlane
 from fairlane.ledger.database import utcnow
@@ -24,6 +28,8 @@ from fairlane.observability.catalog import (
 from fairlane.scheduling.gauges import LEADER_ONLY_GAUGES, clear_leader_gauges, export_leader_gauges
 from fairlane.scheduling.service import Scheduler
 from fairlane.worker import running_worker
+
+from .support import eventually
 
 
 def test_leader_gauges_describe_the_ledger_and_rabbitmq(make_app: Any, queue: str, ledger_url: str) -> None:
@@ -122,3 +128,26 @@ def test_scheduler_exports_last_success_and_clears_leader_gauges_when_not_leadin
         assert SCHEDULER_IS_LEADER.get() == 0
     finally:
         scheduler.lock.close()
+
+
+def test_a_leader_that_stops_releases_leadership_without_a_warning(
+    make_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a scheduler that leads
+    app = make_app()
+    scheduler = Scheduler(app, schedules=[])
+    stop = threading.Event()
+    caplog.set_level(logging.INFO, logger="fairlane")
+    runner = threading.Thread(target=scheduler.run, args=(stop,))
+    runner.start()
+    try:
+        eventually(lambda: scheduler.is_leader, message="leader")
+    finally:
+        # When it stops
+        stop.set()
+        runner.join(30)
+
+    # Then it says it released leadership, at INFO, and warns of nothing
+    messages = [(record.levelno, record.getMessage()) for record in caplog.records]
+    assert (logging.INFO, f"event=leader_released identity={scheduler.identity}") in messages
+    assert [text for level, text in messages if level >= logging.WARNING] == []

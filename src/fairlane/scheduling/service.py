@@ -57,6 +57,9 @@ from fairlane.scheduling.reaper import run_reaper
 
 logger = logging.getLogger("fairlane.scheduler")
 
+#: Why a leader steps down when its scheduler stops (logged at INFO, not as a loss).
+_STOPPING = "stopping"
+
 #: Seconds between a replica's leadership checks (a standby's attempts to take the lock).
 LEADER_RETRY_SECONDS = 1.0
 #: Seconds between the leader's checks for due cron fires.
@@ -146,7 +149,7 @@ class Scheduler:
                 self.check_leadership()
                 stop.wait(LEADER_RETRY_SECONDS)
         finally:
-            self._step_down("stopping")
+            self._step_down(_STOPPING)
             self._aps.shutdown(wait=True)
             self.lock.close()
             logger.info("event=scheduler_stopped identity=%s", self.identity)
@@ -197,7 +200,9 @@ class Scheduler:
             self._aps.remove_all_jobs()
         SCHEDULER_IS_LEADER.set(0)
         clear_leader_gauges()
-        if was_leader:
+        if was_leader and reason == _STOPPING:  # a clean hand-over: another replica takes over
+            logger.info("event=leader_released identity=%s", self.identity)
+        elif was_leader:
             logger.warning("event=leader_lost identity=%s reason=%r", self.identity, reason)
 
     # -- tasks ---------------------------------------------------------------------------------------
