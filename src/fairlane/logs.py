@@ -13,3 +13,11 @@ def configure_logging(verbose: bool) -> None:
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def add_filter_once(logger_name: str, log_filter: type[logging.Filter]) -> None:
+    """Add a ``log_filter`` to the logger ``logger_name`` unless one is there already (apps and
+    workers built again in one process, as in tests, add it once)."""
+    target = logging.getLogger(logger_name)
+    if not any(isinstance(item, log_filter) for item in target.filters):
+        target.addFilter(log_filter())

@@ -64,7 +64,7 @@ class StatementConnections:
             try:
                 kept.planned_at = replan_if_stale(kept.connection, kept.planned_at)
             except self._driver_errors:  # it died while idle: so did the others, most likely
-                self._discard(kept, idle_too=True)
+                self._discard_all(kept)
                 kept = self._take()  # a new one
         if kept is None:
             yield None
@@ -73,14 +73,15 @@ class StatementConnections:
             yield kept.connection
         except BaseException:
             if kept.connection.broken or kept.connection.closed:
-                self._discard(kept, idle_too=True)
+                self._discard_all(kept)
             else:
                 self._give_back(kept)
             raise
         self._give_back(kept)
 
     def close(self) -> None:
-        """Close the idle connections (those in use are closed when given back)."""
+        """Close the idle connections and keep none from now on (those in use are closed when
+        given back; later statements take the pool)."""
         with self._lock:
             idle, self._idle = self._idle, []
             self.size = 0
@@ -117,14 +118,13 @@ class StatementConnections:
                 return
         _close(kept.connection)
 
-    def _discard(self, kept: _Kept, *, idle_too: bool) -> None:
+    def _discard_all(self, kept: _Kept) -> None:
+        """Close ``kept``, found broken, and every idle connection."""
         with self._lock:
             if os.getpid() != self._pid:
                 return  # taken before a fork: the parent's, left alone
             self._in_use -= 1
-            idle: list[_Kept] = []
-            if idle_too:
-                idle, self._idle = self._idle, []
+            idle, self._idle = self._idle, []
         for each in (kept, *idle):
             _close(each.connection)
 

@@ -22,6 +22,7 @@ from fairlane.errors import JobCancelled
 from fairlane.ledger.jobs import JobStore
 from fairlane.ledger.schema import CANCELLED
 from fairlane.ledger.writer import Finish, LedgerWriter
+from fairlane.logs import add_filter_once
 
 logger = logging.getLogger("fairlane.worker")
 
@@ -56,9 +57,7 @@ class Cancellation(Middleware):
         self._watcher: threading.Thread | None = None
 
     def before_worker_boot(self, broker: Broker, worker: Any) -> None:
-        errors = logging.getLogger("dramatiq.worker.WorkerThread")
-        if not any(isinstance(item, _DropCancelErrors) for item in errors.filters):
-            errors.addFilter(_DropCancelErrors())
+        add_filter_once("dramatiq.worker.WorkerThread", _DropCancelErrors)
 
     def after_worker_boot(self, broker: Broker, worker: Any) -> None:
         self._stop.clear()

@@ -34,6 +34,7 @@ from dramatiq.middleware import Middleware, SkipMessage
 from fairlane.ledger.jobs import JobError, JobStore, StartDecision
 from fairlane.ledger.schema import CANCELLED, DEAD
 from fairlane.ledger.writer import Finish, LedgerWriter
+from fairlane.logs import add_filter_once
 from fairlane.message_headers import start_hint_of
 from fairlane.notifications import CancelledJobs
 
@@ -91,9 +92,7 @@ class Tracking(Middleware):
         self.cancelled = cancelled
 
     def before_worker_boot(self, broker: Broker, worker: Any) -> None:
-        skips = logging.getLogger("dramatiq.worker.WorkerThread")
-        if not any(isinstance(item, _DropLoggedSkips) for item in skips.filters):
-            skips.addFilter(_DropLoggedSkips())
+        add_filter_once("dramatiq.worker.WorkerThread", _DropLoggedSkips)
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         queue = broker.actor_queue_of(message.queue_name)  # type: ignore[attr-defined]

@@ -44,6 +44,7 @@ from fairlane.app import App, get_app
 from fairlane.ledger.clock import database_now
 from fairlane.ledger.database import utcnow
 from fairlane.ledger.reaping import SchedulerQueries
+from fairlane.logs import add_filter_once
 from fairlane.middleware.tracking import default_worker_id
 from fairlane.observability.catalog import SCHEDULER_IS_LEADER, SCHEDULER_LAST_SUCCESS_TIMESTAMP_SECONDS
 from fairlane.observability.exporter import MetricsServer, scheduler_collector, start_metrics_server
@@ -125,9 +126,7 @@ class Scheduler:
             executors={name: ThreadPoolExecutor(max_workers=1) for name in self.tasks},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
-        aps_logger = logging.getLogger("apscheduler.scheduler")
-        if not any(isinstance(item, _DropOverlapSkips) for item in aps_logger.filters):
-            aps_logger.addFilter(_DropOverlapSkips())
+        add_filter_once("apscheduler.scheduler", _DropOverlapSkips)
         self._leader = threading.Event()
         self._last_check = time.monotonic()
         self._last_recorded: dict[str, float] = {}
