@@ -36,6 +36,7 @@ from dramatiq.errors import ActorNotFound, ConnectionClosed, DecodeError
 from dramatiq.message import Message, get_encoder
 from dramatiq.middleware import Middleware
 
+from fairlane.amqp_writes import coalesce_writes
 from fairlane.dispatch import Dispatcher
 from fairlane.errors import InvalidActor, InvalidJob
 from fairlane.ledger.actors import ActorCatalog, CatalogEntry
@@ -643,6 +644,7 @@ class _FairlaneConsumer(_RabbitmqConsumer):
             names.append(queue_name)
         try:
             self.connection = pika.BlockingConnection(parameters=broker.parameters)
+            coalesce_writes(self.connection)  # a batch of acks leaves in one write
             self.channel = self.connection.channel()
             self.channel.basic_qos(prefetch_count=prefetch)
             for name in names:

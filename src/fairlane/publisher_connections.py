@@ -25,6 +25,8 @@ from typing import Any
 
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
+from fairlane.amqp_writes import coalesce_writes
+
 logger = logging.getLogger("fairlane.broker")
 
 #: RabbitMQ's default heartbeat timeout (seconds), when the connection does not say.
@@ -46,6 +48,8 @@ class FreshConnectionBroker(RabbitmqBroker):
         if current is not None and self._idle_too_long(current):
             self._let_go(current)
         connection = super().connection
+        if connection not in self._used_at:  # new on this thread
+            coalesce_writes(connection)
         self._used_at[connection] = time.monotonic()
         return connection
 
