@@ -8,12 +8,14 @@ leaves a job dispatched without a message).
 
 **When rounds run.** A worker's job starts free dispatch slots: the ledger writer reports them
 after each flush, and once half of a queue's budget is free (at least one slot) the
-dispatcher runs a round that refills them all. Requests that arrive during a round are served
-together by the next, so rounds batch themselves under load. A send whose job had to wait
-(its queue was busy) wakes every dispatcher of the queue through PostgreSQL's ``NOTIFY
-fairlane_admission``. Every ``admission_interval`` seconds (sooner when a rate-limited job
-becomes affordable) the dispatcher also sweeps every queue it serves, for jobs whose delay
-or retry backoff ended and jobs left pending by a failed publish. When another process's
+dispatcher runs a round that refills them all. (With several worker processes on a queue,
+each counts its own starts against its threads' share of the budget.) Requests that arrive
+during a round are served together by the next, so rounds batch themselves under load. A
+send whose job had to wait (its queue was busy) wakes every dispatcher of the queue through
+PostgreSQL's ``NOTIFY fairlane_admission``. Every ``admission_interval`` seconds (sooner
+when a rate-limited job becomes affordable) the dispatcher also sweeps every queue it
+serves, for jobs whose delay or retry backoff ended and jobs left pending by a failed
+publish. When another process's
 round holds a queue, the request is kept and retried a few milliseconds later.
 
 **The budget** of a queue is how many of its jobs may sit published but not started: four
@@ -96,6 +98,8 @@ class Dispatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._budgets: tuple[float, Counter[str]] = (0.0, Counter())
+        #: Worker threads of this process (0 where no worker runs, e.g. a sender).
+        self.consuming_threads = 0
 
     # -- requests ------------------------------------------------------------------------------------
 
@@ -111,13 +115,14 @@ class Dispatcher:
         self._wake()
 
     def slots_freed(self, started: Mapping[str, int]) -> None:
-        """Jobs of these queues started here: refill once half of a queue's budget is free."""
-        budgets = {queue: self.budget(queue) for queue in started}
+        """Jobs of these queues started here: refill once this process's starts freed half of
+        its share of a queue's budget."""
+        shares = {queue: self.local_share(queue) for queue in started}
         due = []
         with self._lock:
             for queue, count in started.items():
                 self._freed[queue] += count
-                if self._freed[queue] * REFILL_FRACTION >= budgets[queue]:
+                if self._freed[queue] * REFILL_FRACTION >= shares[queue]:
                     due.append(queue)
         if due:
             self.request(due)
@@ -155,6 +160,20 @@ class Dispatcher:
                 logger.warning("event=budget_read_failed action='keeping the last budgets'")
             self._budgets = (time.monotonic(), threads)
         return BUDGET_PER_THREAD * threads[queue] if threads[queue] else DEFAULT_BUDGET
+
+    def local_share(self, queue: str) -> float:
+        """The part of ``queue``'s budget this process's worker threads start: all of it unless
+        other live workers consume the queue too.
+
+        Each process counts only the starts it makes, so with two workers of 8 threads a process
+        that waited for half the budget (32 of 64) to be freed by its own starts would refill
+        only once the whole budget was started, its threads idle in the meantime.
+        """
+        budget = self.budget(queue)
+        total = self._budgets[1][queue]
+        if not self.consuming_threads or total <= self.consuming_threads:
+            return budget
+        return budget * self.consuming_threads / total
 
     # -- rounds --------------------------------------------------------------------------------------
 

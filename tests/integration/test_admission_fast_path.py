@@ -16,6 +16,7 @@ import fairlane
 from fairlane.app import App
 from fairlane.dispatch import BUDGET_PER_THREAD, DEFAULT_BUDGET
 from fairlane.ledger.schema import DISPATCHED, PENDING
+from fairlane.ledger.workers import WorkerBeat
 
 from .support import eventually, lane_depth
 
@@ -153,3 +154,39 @@ def test_budget_follows_the_threads_of_live_workers(app: App, queue: str, worker
 
     # And once it stopped (its heartbeat row is gone), the budget is the default again
     eventually(lambda: app.dispatcher.budget(queue) == DEFAULT_BUDGET, message="default budget")
+
+
+def test_a_worker_sharing_a_queue_refills_after_half_of_its_own_share_of_the_budget(
+    app: App, queue: str, worker: Any, monkeypatch: Any
+) -> None:
+    # Given a worker here with 3 threads and another process's worker with 5, both on the queue
+    @fairlane.actor(queue_name=queue)
+    def task() -> None:
+        pass
+
+    other = WorkerBeat(
+        worker_id="other-host:1",
+        hostname="other-host",
+        pid=1,
+        queues=[queue],
+        processed=0,
+        in_progress=0,
+        threads=5,
+    )
+    app.dispatcher.workers.beat(other)
+    try:
+        with worker(threads=3):
+            # Then the queue's budget counts all 8 threads, and this process's share is its 3
+            eventually(lambda: app.dispatcher.budget(queue) == BUDGET_PER_THREAD * 8, message="budget of 32")
+            assert app.dispatcher.local_share(queue) == BUDGET_PER_THREAD * 3
+            requested: list[list[str]] = []
+            monkeypatch.setattr(app.dispatcher, "request", lambda queues: requested.append(list(queues)))
+
+            # When this process's starts free 5 slots, it waits (the other worker frees its own)
+            app.dispatcher.slots_freed({queue: 5})
+            assert requested == []
+            # And at 6, half of its share, it asks for a round (not at 16, half of the whole budget)
+            app.dispatcher.slots_freed({queue: 1})
+            assert requested == [[queue]]
+    finally:
+        app.dispatcher.workers.remove(other.worker_id)

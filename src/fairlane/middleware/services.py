@@ -67,6 +67,7 @@ class WorkerServices(Middleware):
         except Exception:  # senders elsewhere can't see these actors yet; the worker runs anyway
             logger.exception("event=actor_catalog_not_published")
         self.dispatcher.serve(fairlane_broker.actor_queues)
+        self.dispatcher.consuming_threads = int(getattr(worker, "worker_threads", 0))
         self.dispatcher.start()
         self.heartbeat = WorkerHeartbeat(
             fairlane_broker, worker, status_file=self._status_file, clock_offset=self.clock_offset
