@@ -92,7 +92,7 @@ class Finish:
             raise ValueError(f"a finish ends in one of {sorted(FINISHES)}, not {self.state!r}")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class _Request:
     """One job's start or finish, and its waiting thread's outcome."""
 
@@ -104,13 +104,15 @@ class _Request:
     running: bool = False
     #: A finish that also records its job's start (the start was not flushed yet).
     starting: bool = False
-    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    #: Set when resolved, for a thread that waits (most requests have none: see ``_submit``).
+    done: threading.Event | None = None
     start: Start | None = None
     error: BaseException | None = None
 
     def resolve(self, start: Start | None = None, error: BaseException | None = None) -> None:
         self.start, self.error = start, error
-        self.done.set()
+        if self.done is not None:
+            self.done.set()
 
 
 class LedgerWriter:
@@ -178,15 +180,16 @@ class LedgerWriter:
         self._submit(_Request(finish.job_id, finish=finish), wait=False)
 
     def _submit(self, request: _Request, *, wait: bool = True) -> _Request:
+        done = request.done = threading.Event() if wait else None
         with self._lock:
             if self._thread is None or self._stopping or not self._thread.is_alive():
                 self._begin()
             # The lists are swapped by each flush: pick this one under the lock.
             (self._starts if request.finish is None else self._finishes).append(request)
             self._lock.notify()
-        if not wait:
+        if done is None:
             return request
-        request.done.wait()
+        done.wait()
         if request.error is not None:
             raise request.error
         return request
