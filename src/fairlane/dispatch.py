@@ -15,8 +15,8 @@ send whose job had to wait (its queue was busy) wakes every dispatcher of the qu
 PostgreSQL's ``NOTIFY fairlane_admission``. Every ``admission_interval`` seconds (sooner
 when a rate-limited job becomes affordable) the dispatcher also sweeps every queue it
 serves, for jobs whose delay or retry backoff ended and jobs left pending by a failed
-publish. When another process's
-round holds a queue, the request is kept and retried a few milliseconds later.
+publish. When another process's round holds a queue, the request is kept and retried a few
+milliseconds later.
 
 **The budget** of a queue is how many of its jobs may sit published but not started: four
 times the worker threads consuming it, from the live workers' heartbeats (so 2x8 and 8x8 pools
@@ -97,7 +97,8 @@ class Dispatcher:
         os.set_blocking(self._wake_w, False)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._budgets: tuple[float, Counter[str]] = (0.0, Counter())
+        #: When the live workers' threads per queue were last read, and what was read.
+        self._threads_read: tuple[float, Counter[str]] = (0.0, Counter())
         #: Worker threads of this process (0 where no worker runs, e.g. a sender).
         self.consuming_threads = 0
 
@@ -152,14 +153,8 @@ class Dispatcher:
         """How many jobs of ``queue`` may be dispatched (published, not started) at once."""
         if self.settings.dispatch_budget is not None:
             return self.settings.dispatch_budget
-        read_at, threads = self._budgets
-        if time.monotonic() - read_at > BUDGET_CACHE_SECONDS:
-            try:
-                threads = self.workers.threads_per_queue(self.settings.heartbeat_timeout)
-            except sa.exc.SQLAlchemyError:
-                logger.warning("event=budget_read_failed action='keeping the last budgets'")
-            self._budgets = (time.monotonic(), threads)
-        return BUDGET_PER_THREAD * threads[queue] if threads[queue] else DEFAULT_BUDGET
+        threads = self._live_threads()[queue]
+        return BUDGET_PER_THREAD * threads if threads else DEFAULT_BUDGET
 
     def local_share(self, queue: str) -> float:
         """The part of ``queue``'s budget this process's worker threads start: all of it unless
@@ -170,10 +165,24 @@ class Dispatcher:
         only once the whole budget was started, its threads idle in the meantime.
         """
         budget = self.budget(queue)
-        total = self._budgets[1][queue]
-        if not self.consuming_threads or total <= self.consuming_threads:
+        if not self.consuming_threads:
+            return budget
+        total = self._live_threads()[queue]
+        if total <= self.consuming_threads:
             return budget
         return budget * self.consuming_threads / total
+
+    def _live_threads(self) -> Counter[str]:
+        """Worker threads consuming each queue, from the live workers' heartbeats (read again
+        once the last reading is ``BUDGET_CACHE_SECONDS`` old)."""
+        read_at, threads = self._threads_read
+        if time.monotonic() - read_at > BUDGET_CACHE_SECONDS:
+            try:
+                threads = self.workers.threads_per_queue(self.settings.heartbeat_timeout)
+            except sa.exc.SQLAlchemyError:
+                logger.warning("event=budget_read_failed action='keeping the last budgets'")
+            self._threads_read = (time.monotonic(), threads)
+        return threads
 
     # -- rounds --------------------------------------------------------------------------------------
 

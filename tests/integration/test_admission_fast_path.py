@@ -10,6 +10,7 @@ No worker runs in these tests unless they say so, so dispatched jobs stay dispat
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import fairlane
@@ -17,6 +18,7 @@ from fairlane.app import App
 from fairlane.dispatch import BUDGET_PER_THREAD, DEFAULT_BUDGET
 from fairlane.ledger.schema import DISPATCHED, PENDING
 from fairlane.ledger.workers import WorkerBeat
+from fairlane.worker import running_worker
 
 from .support import eventually, lane_depth
 
@@ -188,5 +190,34 @@ def test_a_worker_sharing_a_queue_refills_after_half_of_its_own_share_of_the_bud
             # And at 6, half of its share, it asks for a round (not at 16, half of the whole budget)
             app.dispatcher.slots_freed({queue: 1})
             assert requested == [[queue]]
+    finally:
+        app.dispatcher.workers.remove(other.worker_id)
+
+
+def test_with_a_fixed_dispatch_budget_a_worker_sharing_the_queue_still_counts_its_own_share(
+    make_app: Callable[..., App], queue: str, monkeypatch: Any
+) -> None:
+    # Given dispatch_budget=40, a worker here with 2 threads and another process's with 6
+    app = make_app(dispatch_budget=40)
+
+    @fairlane.actor(queue_name=queue)
+    def task() -> None:
+        pass
+
+    other = WorkerBeat(
+        worker_id="other-host:2",
+        hostname="other-host",
+        pid=2,
+        queues=[queue],
+        processed=0,
+        in_progress=0,
+        threads=6,
+    )
+    app.dispatcher.workers.beat(other)
+    try:
+        with running_worker(app, 2, shutdown_timeout=10):
+            # Then the budget is the setting's, and this process's share is a quarter of it
+            assert app.dispatcher.budget(queue) == 40
+            eventually(lambda: app.dispatcher.local_share(queue) == 10, message="a share of 10")
     finally:
         app.dispatcher.workers.remove(other.worker_id)
