@@ -9,8 +9,9 @@ No worker runs in these tests unless they say so, so dispatched jobs stay dispat
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fairlane
@@ -158,66 +159,56 @@ def test_budget_follows_the_threads_of_live_workers(app: App, queue: str, worker
     eventually(lambda: app.dispatcher.budget(queue) == DEFAULT_BUDGET, message="default budget")
 
 
+@contextlib.contextmanager
+def _another_worker_on(app: App, queue: str, threads: int) -> Iterator[None]:
+    """Another process's worker consuming ``queue`` with ``threads`` threads (its heartbeat row),
+    with an actor declared on the queue here."""
+
+    @fairlane.actor(queue_name=queue)
+    def task() -> None:
+        pass
+
+    other = WorkerBeat(
+        worker_id=f"other-host:{threads}",
+        hostname="other-host",
+        pid=threads,
+        queues=[queue],
+        processed=0,
+        in_progress=0,
+        threads=threads,
+    )
+    app.dispatcher.workers.beat(other)
+    try:
+        yield
+    finally:
+        app.dispatcher.workers.remove(other.worker_id)
+
+
 def test_a_worker_sharing_a_queue_refills_after_half_of_its_own_share_of_the_budget(
     app: App, queue: str, worker: Any, monkeypatch: Any
 ) -> None:
     # Given a worker here with 3 threads and another process's worker with 5, both on the queue
-    @fairlane.actor(queue_name=queue)
-    def task() -> None:
-        pass
+    with _another_worker_on(app, queue, threads=5), worker(threads=3):
+        # Then the queue's budget counts all 8 threads, and this process's share is its 3
+        eventually(lambda: app.dispatcher.budget(queue) == BUDGET_PER_THREAD * 8, message="budget of 32")
+        assert app.dispatcher.local_share(queue) == BUDGET_PER_THREAD * 3
+        requested: list[list[str]] = []
+        monkeypatch.setattr(app.dispatcher, "request", lambda queues: requested.append(list(queues)))
 
-    other = WorkerBeat(
-        worker_id="other-host:1",
-        hostname="other-host",
-        pid=1,
-        queues=[queue],
-        processed=0,
-        in_progress=0,
-        threads=5,
-    )
-    app.dispatcher.workers.beat(other)
-    try:
-        with worker(threads=3):
-            # Then the queue's budget counts all 8 threads, and this process's share is its 3
-            eventually(lambda: app.dispatcher.budget(queue) == BUDGET_PER_THREAD * 8, message="budget of 32")
-            assert app.dispatcher.local_share(queue) == BUDGET_PER_THREAD * 3
-            requested: list[list[str]] = []
-            monkeypatch.setattr(app.dispatcher, "request", lambda queues: requested.append(list(queues)))
-
-            # When this process's starts free 5 slots, it waits (the other worker frees its own)
-            app.dispatcher.slots_freed({queue: 5})
-            assert requested == []
-            # And at 6, half of its share, it asks for a round (not at 16, half of the whole budget)
-            app.dispatcher.slots_freed({queue: 1})
-            assert requested == [[queue]]
-    finally:
-        app.dispatcher.workers.remove(other.worker_id)
+        # When this process's starts free 5 slots, it waits (the other worker frees its own)
+        app.dispatcher.slots_freed({queue: 5})
+        assert requested == []
+        # And at 6, half of its share, it asks for a round (not at 16, half of the whole budget)
+        app.dispatcher.slots_freed({queue: 1})
+        assert requested == [[queue]]
 
 
 def test_with_a_fixed_dispatch_budget_a_worker_sharing_the_queue_still_counts_its_own_share(
-    make_app: Callable[..., App], queue: str, monkeypatch: Any
+    make_app: Callable[..., App], queue: str
 ) -> None:
     # Given dispatch_budget=40, a worker here with 2 threads and another process's with 6
     app = make_app(dispatch_budget=40)
-
-    @fairlane.actor(queue_name=queue)
-    def task() -> None:
-        pass
-
-    other = WorkerBeat(
-        worker_id="other-host:2",
-        hostname="other-host",
-        pid=2,
-        queues=[queue],
-        processed=0,
-        in_progress=0,
-        threads=6,
-    )
-    app.dispatcher.workers.beat(other)
-    try:
-        with running_worker(app, 2, shutdown_timeout=10):
-            # Then the budget is the setting's, and this process's share is a quarter of it
-            assert app.dispatcher.budget(queue) == 40
-            eventually(lambda: app.dispatcher.local_share(queue) == 10, message="a share of 10")
-    finally:
-        app.dispatcher.workers.remove(other.worker_id)
+    with _another_worker_on(app, queue, threads=6), running_worker(app, 2, shutdown_timeout=10):
+        # Then the budget is the setting's, and this process's share is a quarter of it
+        assert app.dispatcher.budget(queue) == 40
+        eventually(lambda: app.dispatcher.local_share(queue) == 10, message="a share of 10")

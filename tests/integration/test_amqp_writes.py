@@ -7,7 +7,7 @@ import hashlib
 from typing import Any
 
 import fairlane
-from fairlane.amqp_writes import coalesce_writes
+from fairlane.amqp_writes import JOIN_LIMIT, coalesce_writes
 from fairlane.app import App
 
 from .support import eventually, lane_depth
@@ -63,3 +63,26 @@ def test_an_object_that_is_not_a_pika_connection_is_left_alone() -> None:
         pass
 
     assert coalesce_writes(NotPika()) is False
+
+
+def test_a_round_larger_than_the_join_limit_arrives_whole(app: App, queue: str, worker: Any) -> None:
+    # Given 16 payloads of 200 KB: 3.2 MB queued at once, past JOIN_LIMIT, so sent buffer by buffer
+    @fairlane.actor(queue_name=queue)
+    def digest(index: int, payload: str) -> list[Any]:
+        return [index, hashlib.sha256(payload.encode()).hexdigest()]
+
+    payloads = [chr(ord("a") + index) * 200_000 for index in range(16)]
+    assert sum(map(len, payloads)) > JOIN_LIMIT
+    writes = _count_writes(app.broker.connection)
+
+    # When one admission round publishes them all
+    messages = digest.send_many([(index, payload) for index, payload in enumerate(payloads)])
+    eventually(lambda: lane_depth(app, queue) == len(payloads), message="all 16 published")
+    assert sum(writes) > sum(map(len, payloads))
+
+    # Then a worker runs every job with its whole message
+    with worker(threads=4):
+        done = [fairlane.jobs.wait(message.message_id, timeout=30) for message in messages]
+    assert [job.result for job in done] == [
+        [index, hashlib.sha256(payload.encode()).hexdigest()] for index, payload in enumerate(payloads)
+    ]
