@@ -50,6 +50,8 @@ from fairlane.observability.heartbeat import CHECK_INTERVAL, ProcessStatus, Work
 from fairlane.settings import Settings, load_settings
 
 logger = logging.getLogger("fairlane.worker")
+#: Seconds between the main thread's checks for a stop request (see wait_until_stopped).
+SIGNAL_CHECK_SECONDS = 1.0
 
 
 class _ResultsAreStored(logging.Filter):
@@ -110,6 +112,17 @@ def stop_on_signals(stop: threading.Event, log: logging.Logger = logger) -> None
     signal.signal(signal.SIGINT, _request_stop)
 
 
+def wait_until_stopped(stop: threading.Event) -> None:
+    """Block this (main) thread until ``stop`` is set, waking every :data:`SIGNAL_CHECK_SECONDS`.
+
+    Python runs signal handlers in the main thread, between its bytecodes. A SIGTERM the kernel
+    delivers to another thread does not interrupt an untimed wait, so the handler would wait
+    with it, and the worker would never stop (seen once under libfaketime in the clock-skew test).
+    """
+    while not stop.wait(SIGNAL_CHECK_SECONDS):
+        pass
+
+
 def run_process(
     modules: Sequence[str],
     threads: int,
@@ -141,7 +154,7 @@ def run_process(
             servers.append(start_metrics_server(settings.metrics_port, collector))
             servers.append(start_health_server(settings.health_port, heartbeat.checks()))
         try:
-            stop.wait()
+            wait_until_stopped(stop)
         finally:
             _close(servers)
     app.close()
