@@ -117,7 +117,7 @@ def wait_until_stopped(stop: threading.Event) -> None:
 
     Python runs signal handlers in the main thread, between its bytecodes. A SIGTERM the kernel
     delivers to another thread does not interrupt an untimed wait, so the handler would wait
-    with it, and the worker would never stop (seen once under libfaketime in the clock-skew test).
+    with it, and the worker would not stop until killed.
     """
     while not stop.wait(SIGNAL_CHECK_SECONDS):
         pass
