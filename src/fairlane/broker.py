@@ -49,6 +49,7 @@ from fairlane.middleware.context import running_tenant
 from fairlane.middleware_signals import SignalEmitter
 from fairlane.notifications import CancelledJobs
 from fairlane.observability.catalog import JOBS_ENQUEUED
+from fairlane.publish_frames import publish_persistent
 from fairlane.publisher_connections import FreshConnectionBroker
 from fairlane.rabbitmq_outages import CONNECTION_ERRORS, RabbitmqOutages, quiet_consumer_thread
 from fairlane.settings import Settings, time_limit_problem
@@ -388,19 +389,16 @@ class FairlaneBroker(SignalEmitter, FreshConnectionBroker):
         job's second copy is skipped at its start).
         """
         self.declare_queue(queue, ensure=True)
+        messages = [
+            (self.lane_queue_name(queue, job.lane), job.message.encode(), *self._stored_properties(job))
+            for job in admitted
+        ]
         for attempt in range(2):
             try:
                 channel = self._transaction_channel()
-                for job in admitted:
-                    # The channel implementation's publish only buffers the frames: the commit
-                    # below writes them all at once. (The blocking channel's own basic_publish
-                    # flushes its socket once per message: ~40% of the dispatcher's CPU.)
-                    channel._impl.basic_publish(
-                        exchange="",
-                        routing_key=self.lane_queue_name(queue, job.lane),
-                        body=job.message.encode(),
-                        properties=self._stored_properties(job),
-                    )
+                # Only queues the frames (marshalled in one pass): the commit writes them all at
+                # once. (The blocking channel's own basic_publish flushes its socket per message.)
+                publish_persistent(channel._impl, messages)
                 channel.tx_commit()
                 return
             except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
@@ -408,15 +406,15 @@ class FairlaneBroker(SignalEmitter, FreshConnectionBroker):
                 if attempt:
                     raise ConnectionClosed(error) from None
 
-    def _stored_properties(self, job: AdmittedJob) -> pika.BasicProperties:
-        """The AMQP properties of an admitted job's stored message: persistent, with its
+    def _stored_properties(self, job: AdmittedJob) -> tuple[int | None, dict[str, int] | None]:
+        """The broker priority and headers of an admitted job's stored message: its
         ``broker_priority`` and, when known, its start hint (:mod:`fairlane.message_headers`)."""
         headers = None
         if job.attempt is not None and job.runnable_since is not None:
             headers = start_headers(job.attempt, job.runnable_since)
         if self.settings.max_priority is None:
-            return _properties(None, headers)
-        return _properties(json.loads(job.message).get("options", {}).get("broker_priority"), headers)
+            return None, headers
+        return json.loads(job.message).get("options", {}).get("broker_priority"), headers
 
     def _transaction_channel(self) -> Any:
         """This thread's channel in AMQP transaction mode (on its publishing connection)."""
