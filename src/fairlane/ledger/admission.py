@@ -406,8 +406,8 @@ class Admission:
         (:data:`_CLOSE_ROUND_PG`). Lanes below those found are read only when they are owed a share."""
         with self.engine.begin() as connection:
             self._ensure_queue_row(queue, connection)
-            driver = connection.connection.driver_connection
-            cursor = driver.cursor(row_factory=namedtuple_row)  # type: ignore[union-attr]
+            driver: Any = connection.connection.driver_connection
+            cursor = driver.cursor(row_factory=namedtuple_row)
             parameters = {
                 "queue": queue,
                 "lanes": self._lane_list,
@@ -415,7 +415,9 @@ class Admission:
                 "factor": 2 if self.rate_limits.budgets else 1,
                 "share_ranks": self._share_ranks,
             }
-            rows = cursor.execute(_OPEN_ROUND_PG[wait], parameters, prepare=True).fetchall()
+            with driver.pipeline():  # the transaction's BEGIN leaves with the statement
+                cursor.execute(_OPEN_ROUND_PG[wait], parameters, prepare=True)
+            rows = cursor.fetchall()
             if not rows:
                 return None
             room = budget - rows[0].dispatched
@@ -444,13 +446,19 @@ class Admission:
                 for row in chosen
             ]
             if chosen:
-                cursor.execute(
-                    _CLOSE_ROUND_PG,
-                    self._close_parameters(queue, chosen, stored, credits, contended),
-                    prepare=True,
-                )
+                # Published first: the chosen rows stay locked until the COMMIT, which leaves
+                # with the statement that dispatches them (one round trip). A crash or an
+                # error before the COMMIT leaves them backlog with a message already sent,
+                # whose job then runs once (a second copy is skipped at its start).
                 if publish is not None:
                     publish(admitted)
+                with driver.pipeline():
+                    cursor.execute(
+                        _CLOSE_ROUND_PG,
+                        self._close_parameters(queue, chosen, stored, credits, contended),
+                        prepare=True,
+                    )
+                    driver.commit()
         retry_in = min(state.blocked_keys.values()) if state.blocked_keys else None
         return Admitted(admitted, retry_in, state.deferred)
 
