@@ -36,6 +36,7 @@ from dramatiq.errors import ActorNotFound, ConnectionClosed, DecodeError
 from dramatiq.message import Message, get_encoder
 from dramatiq.middleware import Middleware
 
+from fairlane.amqp_frames import ack_all, publish_persistent
 from fairlane.amqp_writes import coalesce_writes
 from fairlane.dispatch import Dispatcher
 from fairlane.errors import InvalidActor, InvalidJob
@@ -49,7 +50,6 @@ from fairlane.middleware.context import running_tenant
 from fairlane.middleware_signals import SignalEmitter
 from fairlane.notifications import CancelledJobs
 from fairlane.observability.catalog import JOBS_ENQUEUED
-from fairlane.publish_frames import publish_persistent
 from fairlane.publisher_connections import FreshConnectionBroker
 from fairlane.rabbitmq_outages import CONNECTION_ERRORS, RabbitmqOutages, quiet_consumer_thread
 from fairlane.settings import Settings, time_limit_problem
@@ -717,8 +717,7 @@ class _FairlaneConsumer(_RabbitmqConsumer):
         one write when its I/O loop next runs."""
         with self._acks_lock:
             tags, self._acks, self._acks_woken = self._acks, [], False
-        for tag in tags:
-            self.channel._impl.basic_ack(tag)
+        ack_all(self.channel._impl, tags)
 
     def nack(self, message: Any) -> None:
         if self._settles(message, "nack"):

@@ -35,6 +35,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from fairlane.ledger import transitions
 from fairlane.ledger.clock import database_now, ledger_now
 from fairlane.ledger.database import POOL_RECYCLE, POOL_SIZE, as_utc
+from fairlane.ledger.pg_arrays import float_array, int_array, text_array
 from fairlane.ledger.ratelimits import RateLimits
 from fairlane.ledger.schema import (
     BACKLOG_PREDICATE,
@@ -148,8 +149,9 @@ class Admission:
         self.lane_names = settings.lanes
         self.shares = [settings.min_shares[lane] for lane in settings.lanes]
         #: The round's fixed parameters on PostgreSQL: lane names, and the lanes with a minimum share.
-        self._lane_list = list(self.lane_names)
-        self._share_ranks = [rank for rank, share in enumerate(self.shares) if share > 0]
+        #: The round's constant array parameters, as literals (see fairlane.ledger.pg_arrays).
+        self._lanes_array = text_array(self.lane_names)
+        self._share_ranks_array = int_array(rank for rank, share in enumerate(self.shares) if share > 0)
         self._postgresql = engine.dialect.name == "postgresql"
         self._insert = postgresql.insert if self._postgresql else sqlite.insert
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -410,10 +412,10 @@ class Admission:
             cursor = driver.cursor(row_factory=namedtuple_row)
             parameters = {
                 "queue": queue,
-                "lanes": self._lane_list,
+                "lanes": self._lanes_array,
                 "budget": budget,
                 "factor": 2 if self.rate_limits.budgets else 1,
-                "share_ranks": self._share_ranks,
+                "share_ranks": self._share_ranks_array,
             }
             with driver.pipeline():  # the transaction's BEGIN leaves with the statement
                 cursor.execute(_OPEN_ROUND_PG[wait], parameters, prepare=True)
@@ -481,11 +483,11 @@ class Admission:
                 )
         ranks = sorted(touched)
         return {
-            "ids": [row.id for row in chosen],
+            "ids": text_array([row.id for row in chosen]),
             "queue": queue,
-            "lanes": [self.lane_names[rank] for rank in ranks],
-            "times": [touched[rank] for rank in ranks],
-            "credits": [(credits if contended else stored)[rank] for rank in ranks],
+            "lanes": text_array([self.lane_names[rank] for rank in ranks]),
+            "times": float_array([touched[rank] for rank in ranks]),
+            "credits": float_array([(credits if contended else stored)[rank] for rank in ranks]),
         }
 
     def _candidates(

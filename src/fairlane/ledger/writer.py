@@ -56,6 +56,7 @@ import sqlalchemy as sa
 
 from fairlane.ledger.database import as_utc, dedicated_connection, replan_if_stale
 from fairlane.ledger.jobs import JobError, Start, StartDecision, error_columns
+from fairlane.ledger.pg_arrays import bool_array, float_array, text_array
 from fairlane.ledger.schema import DEAD, RETRYING, RUNNING, SUCCEEDED, jobs
 from fairlane.ledger.transitions import FINISH_ONE, FINISHES, FLUSH_PG, RESTART_ONE, START_ONE
 
@@ -410,20 +411,21 @@ class LedgerWriter:
         """The whole flush as one statement: one round trip and one commit."""
         items = [request.finish for request in finishes if request.finish is not None]
         errors = [error_columns(item.error) for item in items]
-        parameters = {
+        start_ids = text_array([request.job_id for request in starts])
+        parameters = {  # arrays as literals: see fairlane.ledger.pg_arrays
             "worker": self.worker_id,
-            "finish_ids": [item.job_id for item in items],
-            "states": [item.state for item in items],
-            "results": [item.result_json for item in items],
-            "result_paths": [item.result_path for item in items],
-            "error_types": [error[0] for error in errors],
-            "error_messages": [error[1] for error in errors],
-            "error_tracebacks": [error[2] for error in errors],
-            "delays": [item.delay for item in items],
-            "messages": [item.message for item in items],
-            "starting": [request.starting for request in finishes if request.finish is not None],
-            "start_ids": [request.job_id for request in starts],
-            "restart": [request.restart for request in starts],
+            "finish_ids": text_array([item.job_id for item in items]),
+            "states": text_array([item.state for item in items]),
+            "results": text_array([item.result_json for item in items]),
+            "result_paths": text_array([item.result_path for item in items]),
+            "error_types": text_array([error[0] for error in errors]),
+            "error_messages": text_array([error[1] for error in errors]),
+            "error_tracebacks": text_array([error[2] for error in errors]),
+            "delays": float_array([item.delay for item in items]),
+            "messages": text_array([item.message for item in items]),
+            "starting": bool_array([request.starting for request in finishes if request.finish is not None]),
+            "start_ids": start_ids,
+            "restart": bool_array([request.restart for request in starts]),
         }
         rows = self._raw_connection().execute(FLUSH_PG, parameters, prepare=True).fetchall()
         self._note_starts([row[4] for row in rows])

@@ -11,8 +11,8 @@ import pika
 import pika.exceptions
 import pytest
 
-from fairlane import publish_frames
-from fairlane.publish_frames import publish_persistent
+from fairlane import amqp_frames
+from fairlane.amqp_frames import ack_all, publish_persistent
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_published_messages_arrive_with_their_properties_and_whole_bodies(
     hint = {"x-fairlane-attempt": 2, "x-fairlane-runnable-ms": 1_764_700_000_123}
     messages = [(queue, b'{"n":1}', None, None), (queue, b'{"n":2}', 9, hint), (queue, big, None, hint)]
     if not marshalled:  # a pika without the internals fairlane marshals through: basic_publish
-        monkeypatch.setattr(publish_frames, "_body_max", lambda connection: None)
+        monkeypatch.setattr(amqp_frames, "_body_max", lambda connection: None)
 
     # When they are published in one transaction
     publish_persistent(channel._impl, messages)
@@ -85,3 +85,33 @@ def test_publishing_on_a_closed_channel_raises(channel: Any) -> None:
     channel.close()
     with pytest.raises(pika.exceptions.ChannelWrongStateError):
         publish_persistent(channel._impl, [(queue, b"{}", None, None)])
+
+
+@pytest.mark.parametrize("marshalled", [True, False], ids=["marshalled", "pika-fallback"])
+def test_acked_deliveries_are_settled_and_the_others_come_back(
+    broker_url: str, channel: Any, marshalled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given five messages in a durable queue, received on a second connection without acking
+    queue = str(channel.queue_declare(f"acks_{uuid.uuid4().hex[:10]}", durable=True).method.queue)
+    publish_persistent(channel._impl, [(queue, f"m{index}".encode(), None, None) for index in range(5)])
+    channel.tx_commit()
+    if not marshalled:
+        monkeypatch.setattr(amqp_frames, "_body_max", lambda connection: None)
+    consumer = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        receiving = consumer.channel()
+        delivered = {}
+        for _ in range(5):
+            method, _properties, body = receiving.basic_get(queue, auto_ack=False)
+            delivered[body] = method.delivery_tag
+
+        # When three of them are acked in one batch, and the connection closes
+        ack_all(receiving._impl, [delivered[b"m0"], delivered[b"m2"], delivered[b"m4"]])
+        receiving.basic_qos(prefetch_count=0)  # a round trip: the acks have reached RabbitMQ
+    finally:
+        consumer.close()
+
+    # Then only the two unacked ones are delivered again
+    channel.tx_commit()
+    assert sorted(body for _, body in _drain(channel, queue)) == [b"m1", b"m3"]
+    channel.queue_delete(queue)

@@ -7,8 +7,8 @@ import pika
 import pytest
 from pika import frame, spec
 
+from fairlane.amqp_frames import marshal_ack, marshal_publish
 from fairlane.message_headers import ATTEMPT_HEADER, RUNNABLE_SINCE_HEADER
-from fairlane.publish_frames import marshal_publish
 
 BODY_MAX = 131_064  # RabbitMQ's default frame_max (131,072) less the frame's 8 bytes
 
@@ -67,3 +67,10 @@ def test_a_routing_key_over_255_bytes_is_refused() -> None:
 def test_a_header_that_is_not_a_64_bit_integer_is_refused(value: object) -> None:
     with pytest.raises((TypeError, ValueError)):
         marshal_publish(1, "q", b"{}", None, {"x": value}, BODY_MAX)  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize("delivery_tag", [1, 2, 255, 2**32, 2**64 - 1])
+def test_an_ack_is_marshalled_as_pika_marshals_it(delivery_tag: int) -> None:
+    for channel in (1, 7, 65_535):
+        expected = frame.Method(channel, spec.Basic.Ack(delivery_tag, multiple=False)).marshal()
+        assert marshal_ack(channel, delivery_tag) == expected
