@@ -10,9 +10,13 @@ No worker runs in these tests unless they say so, so dispatched jobs stay dispat
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
+
+import pytest
+import sqlalchemy as sa
 
 import fairlane
 from fairlane.app import App
@@ -212,3 +216,64 @@ def test_with_a_fixed_dispatch_budget_a_worker_sharing_the_queue_still_counts_it
         # Then the budget is the setting's, and this process's share is a quarter of it
         assert app.dispatcher.budget(queue) == 40
         eventually(lambda: app.dispatcher.local_share(queue) == 10, message="a share of 10")
+
+
+@contextlib.contextmanager
+def _turn_held(app: App, queue: str) -> Iterator[Callable[[], None]]:
+    """Another process's round of ``queue`` under way: its turn (row lock) held until released."""
+    with app.engine.connect() as other:
+        transaction = other.begin()
+        other.execute(sa.text("SELECT name FROM fairlane_queues WHERE name = :q FOR UPDATE"), {"q": queue})
+        yield transaction.commit
+        if transaction.is_active:
+            transaction.commit()
+
+
+def _two_pending_with_room(app: App, queue: str) -> list[str]:
+    """Two backlog jobs of ``queue`` (budget 2) and two free slots."""
+
+    @fairlane.actor(queue_name=queue)
+    def task() -> None:
+        pass
+
+    ids = [task.send().message_id for _ in range(4)]
+    assert _states(ids) == [DISPATCHED, DISPATCHED, PENDING, PENDING]
+    _start(app, ids[:2])
+    return ids[2:]
+
+
+@pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
+def test_a_round_waits_for_another_rounds_turn_and_then_fills_the_room_left(
+    make_app: Any, queue: str
+) -> None:
+    # Given two backlog jobs with room for them, while another round holds the queue's turn
+    app = make_app(dispatch_budget=2)
+    pending = _two_pending_with_room(app, queue)
+    with _turn_held(app, queue) as release:
+        # When a round is asked for, willing to wait up to 30 s for the turn, and the other round ends
+        timer = threading.Timer(0.2, release)
+        timer.start()
+        admitted = app.dispatcher.admit(queue, turn_timeout=30)
+        timer.join()
+
+    # Then it waited for the turn and admitted both (it did not give up on the busy turn)
+    assert admitted == 2
+    assert _states(pending) == [DISPATCHED, DISPATCHED]
+
+
+@pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
+def test_a_round_that_does_not_get_the_turn_in_time_gives_up_and_admits_nothing(
+    make_app: Any, queue: str
+) -> None:
+    # Given two backlog jobs with room for them, while another round holds the queue's turn
+    app = make_app(dispatch_budget=2)
+    pending = _two_pending_with_room(app, queue)
+    with _turn_held(app, queue):
+        # When a round waits at most 0.1 s for the turn
+        admitted = app.dispatcher.admit(queue, turn_timeout=0.1)
+        # Then it gave up (None: try again later) and dispatched nothing
+        assert admitted is None
+        assert _states(pending) == [PENDING, PENDING]
+    # And once the turn is free, a round admits them
+    assert app.dispatcher.admit(queue, turn_timeout=0.1) == 2
+    assert _states(pending) == [DISPATCHED, DISPATCHED]

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from psycopg.rows import namedtuple_row
 from sqlalchemy.dialects import postgresql, sqlite
@@ -351,21 +352,41 @@ class Admission:
         budget: int,
         *,
         wait: bool = True,
+        turn_timeout: float | None = None,
         publish: Callable[[list[AdmittedJob]], None] | None = None,
     ) -> Admitted | None:
         """Move the best admissible backlog jobs of ``queue`` to ``dispatched`` while its budget has room.
 
-        Admissions of one queue take turns on its row. With ``wait=False`` (a dispatcher's
-        round) a round already under way elsewhere is not waited for: returns None.
+        Admissions of one queue take turns on its row. With ``wait=False`` a round already
+        under way elsewhere is not waited for: returns None. With ``turn_timeout`` (PostgreSQL)
+        it is waited for that many seconds at most, then None is returned the same way.
 
         ``publish`` runs before the round commits: if it raises, nothing was admitted (the
         jobs stay in the backlog), and a process that dies in between leaves no job
         dispatched without a message. A message published for a round that then failed to
         commit is harmless: its job still starts only once (see ``transitions.START``).
         """
+        try:
+            return self._admit(queue, budget, wait, turn_timeout, publish)
+        except (sa.exc.OperationalError, psycopg.errors.LockNotAvailable) as error:
+            if isinstance(getattr(error, "orig", error), psycopg.errors.LockNotAvailable):
+                return None  # the turn was not had within turn_timeout
+            raise
+
+    def _admit(
+        self,
+        queue: str,
+        budget: int,
+        wait: bool,
+        turn_timeout: float | None,
+        publish: Callable[[list[AdmittedJob]], None] | None,
+    ) -> Admitted | None:
+        lock_timeout = _lock_timeout(turn_timeout) if wait and self._postgresql else None
         if self._postgresql and not (self.settings.fairness and self._caps_apply(None, queue)):
-            return self._admit_pg(queue, budget, wait, publish)
+            return self._admit_pg(queue, budget, wait, lock_timeout, publish)
         with self.engine.begin() as connection:
+            if lock_timeout is not None:
+                connection.exec_driver_sql(_SET_LOCK_TIMEOUT, {"timeout": lock_timeout})
             dispatched = self._lock_queue(connection, queue, wait)
             if dispatched is None:
                 return None
@@ -400,6 +421,7 @@ class Admission:
         queue: str,
         budget: int,
         wait: bool,
+        lock_timeout: str | None,
         publish: Callable[[list[AdmittedJob]], None] | None,
     ) -> Admitted | None:
         """A round on PostgreSQL where no tenant cap applies, in two prepared statements: one takes
@@ -418,6 +440,10 @@ class Admission:
                 "share_ranks": self._share_ranks_array,
             }
             with driver.pipeline():  # the transaction's BEGIN leaves with the statement
+                if lock_timeout is not None:
+                    driver.execute(
+                        _SET_LOCK_TIMEOUT.replace(":timeout", "%(timeout)s"), {"timeout": lock_timeout}
+                    )
                 cursor.execute(_OPEN_ROUND_PG[wait], parameters, prepare=True)
             rows = cursor.fetchall()
             if not rows:
@@ -971,6 +997,15 @@ FROM head LEFT JOIN LATERAL (
   FOR UPDATE SKIP LOCKED
 ) AS c ON true
 """
+
+
+#: Bounds the wait for a queue's turn to the rest of the transaction (``turn_timeout``).
+_SET_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %(timeout)s, true)"
+
+
+def _lock_timeout(turn_timeout: float | None) -> str | None:
+    """``turn_timeout`` as a ``lock_timeout`` setting (at least 1 ms: 0 would mean no limit)."""
+    return None if turn_timeout is None else f"{max(1, round(turn_timeout * 1000))}ms"
 
 
 #: By ``wait``: the statement that opens a round (see :func:`_open_round_pg`).

@@ -23,6 +23,8 @@ from fairlane.ledger.writer import Finish, LedgerWriter
 from fairlane.settings import Settings
 
 logger = logging.getLogger("fairlane.worker")
+#: Built once: ``json.dumps`` with any option builds a new encoder per call (3 µs a job).
+_RESULT_ENCODER = json.JSONEncoder(allow_nan=False)
 
 
 def result_file(results_dir: Path, job_id: str) -> Path:
@@ -53,7 +55,7 @@ class Results(Middleware):
         if exception is not None:
             return
         try:
-            encoded = json.dumps(result, allow_nan=False)
+            encoded = "null" if result is None else _RESULT_ENCODER.encode(result)
         except (TypeError, ValueError) as error:
             self._refuse(message, f"result is not JSON-serialisable: {error}")
             return
