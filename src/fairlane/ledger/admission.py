@@ -474,18 +474,19 @@ class Admission:
                 for row in chosen
             ]
             if chosen:
-                # Published first: the chosen rows stay locked until the COMMIT, which leaves
-                # with the statement that dispatches them (one round trip). A crash or an
-                # error before the COMMIT leaves them backlog with a message already sent,
-                # whose job then runs once (a second copy is skipped at its start).
-                if publish is not None:
-                    publish(admitted)
+                # The dispatch statement is sent without waiting for it: PostgreSQL runs it while
+                # RabbitMQ takes the messages, then the COMMIT leaves (one round trip for both).
+                # The chosen rows stay locked until the COMMIT. A crash or an error before it
+                # leaves them backlog with a message already sent, whose job then runs once
+                # (a second copy is skipped at its start).
                 with driver.pipeline():
                     cursor.execute(
                         _CLOSE_ROUND_PG,
                         self._close_parameters(queue, chosen, stored, credits, contended),
                         prepare=True,
                     )
+                    if publish is not None:
+                        publish(admitted)
                     driver.commit()
         retry_in = min(state.blocked_keys.values()) if state.blocked_keys else None
         return Admitted(admitted, retry_in, state.deferred)
