@@ -149,8 +149,8 @@ class Admission:
         self.rate_limits = rate_limits
         self.lane_names = settings.lanes
         self.shares = [settings.min_shares[lane] for lane in settings.lanes]
-        #: The round's fixed parameters on PostgreSQL: lane names, and the lanes with a minimum share.
-        #: The round's constant array parameters, as literals (see fairlane.ledger.pg_arrays).
+        #: The round's fixed parameters on PostgreSQL: lane names, and the lanes with a minimum share
+        #: (array literals, see fairlane.ledger.pg_arrays).
         self._lanes_array = text_array(self.lane_names)
         self._share_ranks_array = int_array(rank for rank, share in enumerate(self.shares) if share > 0)
         self._postgresql = engine.dialect.name == "postgresql"
@@ -441,9 +441,7 @@ class Admission:
             }
             with driver.pipeline():  # the transaction's BEGIN leaves with the statement
                 if lock_timeout is not None:
-                    driver.execute(
-                        _SET_LOCK_TIMEOUT.replace(":timeout", "%(timeout)s"), {"timeout": lock_timeout}
-                    )
+                    driver.execute(_SET_LOCK_TIMEOUT, {"timeout": lock_timeout})
                 cursor.execute(_OPEN_ROUND_PG[wait], parameters, prepare=True)
             rows = cursor.fetchall()
             if not rows:

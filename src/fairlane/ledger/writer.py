@@ -411,7 +411,6 @@ class LedgerWriter:
         """The whole flush as one statement: one round trip and one commit."""
         items = [request.finish for request in finishes if request.finish is not None]
         errors = [error_columns(item.error) for item in items]
-        start_ids = text_array([request.job_id for request in starts])
         parameters = {  # arrays as literals: see fairlane.ledger.pg_arrays
             "worker": self.worker_id,
             "finish_ids": text_array([item.job_id for item in items]),
@@ -424,7 +423,7 @@ class LedgerWriter:
             "delays": float_array([item.delay for item in items]),
             "messages": text_array([item.message for item in items]),
             "starting": bool_array([request.starting for request in finishes if request.finish is not None]),
-            "start_ids": start_ids,
+            "start_ids": text_array([request.job_id for request in starts]),
             "restart": bool_array([request.restart for request in starts]),
         }
         rows = self._raw_connection().execute(FLUSH_PG, parameters, prepare=True).fetchall()
