@@ -32,13 +32,13 @@ import pika
 Outgoing = tuple[str, bytes, int | None, Mapping[str, int] | None]
 
 _FRAME_METHOD, _FRAME_HEADER, _FRAME_BODY, _FRAME_END = 1, 2, 3, b"\xce"
-#: ``Basic.Ack`` (class 60, method 80): the frame's head (its payload is always 13 bytes).
+_BASIC_CLASS, _BASIC_PUBLISH, _BASIC_ACK = 60, 40, 80
+#: A ``Basic.Ack`` method frame, all of it but the end octet (its payload is always 13 bytes).
 _ACK_METHOD = struct.Struct(">BHIHHQB")
-#: ``Basic.Publish`` (class 60, method 40), ticket 0, exchange "" (the default exchange).
-_PUBLISH_HEAD = struct.pack(">HHHB", 60, 40, 0, 0)
+#: ``Basic.Publish``, ticket 0, exchange "" (the default exchange).
+_PUBLISH_HEAD = struct.pack(">HHHB", _BASIC_CLASS, _BASIC_PUBLISH, 0, 0)
 #: ``Basic.Publish``'s flags octet: not mandatory, not immediate.
 _NO_FLAGS = b"\x00"
-_BASIC_CLASS = 60
 _FLAG_HEADERS, _FLAG_DELIVERY_MODE, _FLAG_PRIORITY = 1 << 13, 1 << 12, 1 << 11
 _PERSISTENT = b"\x02"
 _INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
@@ -103,7 +103,9 @@ def marshal_publish(
 
 def marshal_ack(channel: int, delivery_tag: int) -> bytes:
     """The frame of a ``Basic.Ack`` of one delivery (not ``multiple``)."""
-    return _ACK_METHOD.pack(_FRAME_METHOD, channel, 13, _BASIC_CLASS, 80, delivery_tag, 0) + _FRAME_END
+    return (
+        _ACK_METHOD.pack(_FRAME_METHOD, channel, 13, _BASIC_CLASS, _BASIC_ACK, delivery_tag, 0) + _FRAME_END
+    )
 
 
 def _body_max(connection: Any) -> int | None:
