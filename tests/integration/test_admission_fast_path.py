@@ -229,8 +229,9 @@ def _turn_held(app: App, queue: str) -> Iterator[Callable[[], None]]:
             transaction.commit()
 
 
-def _two_pending_with_room(app: App, queue: str) -> list[str]:
-    """Two backlog jobs of ``queue`` (budget 2) and two free slots."""
+def _two_pending_with_room(make_app: Any, queue: str) -> tuple[App, list[str]]:
+    """An app whose ``queue`` (budget 2) has two backlog jobs and two free slots, and those jobs."""
+    app = make_app(dispatch_budget=2)
 
     @fairlane.actor(queue_name=queue)
     def task() -> None:
@@ -239,7 +240,7 @@ def _two_pending_with_room(app: App, queue: str) -> list[str]:
     ids = [task.send().message_id for _ in range(4)]
     assert _states(ids) == [DISPATCHED, DISPATCHED, PENDING, PENDING]
     _start(app, ids[:2])
-    return ids[2:]
+    return app, ids[2:]
 
 
 @pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
@@ -247,8 +248,7 @@ def test_a_round_waits_for_another_rounds_turn_and_then_fills_the_room_left(
     make_app: Any, queue: str
 ) -> None:
     # Given two backlog jobs with room for them, while another round holds the queue's turn
-    app = make_app(dispatch_budget=2)
-    pending = _two_pending_with_room(app, queue)
+    app, pending = _two_pending_with_room(make_app, queue)
     with _turn_held(app, queue) as release:
         # When a round is asked for, willing to wait up to 30 s for the turn, and the other round ends
         timer = threading.Timer(0.2, release)
@@ -266,8 +266,7 @@ def test_a_round_that_does_not_get_the_turn_in_time_gives_up_and_admits_nothing(
     make_app: Any, queue: str
 ) -> None:
     # Given two backlog jobs with room for them, while another round holds the queue's turn
-    app = make_app(dispatch_budget=2)
-    pending = _two_pending_with_room(app, queue)
+    app, pending = _two_pending_with_room(make_app, queue)
     with _turn_held(app, queue):
         # When a round waits at most 0.1 s for the turn
         admitted = app.dispatcher.admit(queue, turn_timeout=0.1)
