@@ -31,7 +31,7 @@ from dramatiq.brokers.rabbitmq import (
     _RabbitmqMessage,
 )
 from dramatiq.common import dq_name
-from dramatiq.encoder import Encoder
+from dramatiq.encoder import Encoder, JSONEncoder
 from dramatiq.errors import ActorNotFound, ConnectionClosed, DecodeError
 from dramatiq.message import Message, get_encoder
 from dramatiq.middleware import Middleware
@@ -495,10 +495,9 @@ class FairlaneBroker(SignalEmitter, FreshConnectionBroker):
         queue = actor.queue
         # The message keeps its actor's queue name, as in Dramatiq (result keys, equality); its
         # lane decides only which RabbitMQ queue carries it.
-        stored = _replace_options(message.copy(queue_name=queue), options)
-        _check_json_encoder()
+        stored = _with_queue_and_options(message, queue, options)
         try:
-            encoded = stored.encode()
+            encoded = _encoded(stored)
         except (TypeError, ValueError) as error:
             raise InvalidJob(f"arguments and options must be JSON-serialisable: {error}") from None
         if len(encoded) > self.settings.max_payload_bytes:
@@ -542,9 +541,9 @@ class FairlaneBroker(SignalEmitter, FreshConnectionBroker):
         return key, float(estimate)
 
 
-def _replace_options(message: Message[Any], options: dict[str, Any]) -> Message[Any]:
+def _with_queue_and_options(message: Message[Any], queue: str, options: dict[str, Any]) -> Message[Any]:
     return Message(
-        queue_name=message.queue_name,
+        queue_name=queue,
         actor_name=message.actor_name,
         args=message.args,
         kwargs=message.kwargs,
@@ -560,14 +559,33 @@ def _properties(broker_priority: int | None, headers: dict[str, int] | None = No
     return pika.BasicProperties(delivery_mode=2, priority=broker_priority, headers=headers)
 
 
-def _check_json_encoder() -> None:
-    """Refuse a send while Dramatiq's encoder is not JSON: the ledger stores messages as JSON text."""
+#: Dramatiq's JSONEncoder writes ``json.dumps(data, separators=(",", ":"))``, building a JSON
+#: encoder per message; this one is built once and writes the same bytes.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
+def _encoded(message: Message[Any]) -> bytes:
+    """The message as Dramatiq's encoder writes it, refused unless that encoder writes JSON (the
+    ledger stores messages as JSON text)."""
     encoder = get_encoder()
+    if type(encoder) is JSONEncoder:
+        return _COMPACT_JSON.encode(
+            {
+                "queue_name": message.queue_name,
+                "actor_name": message.actor_name,
+                "args": message.args,
+                "kwargs": message.kwargs,
+                "options": message.options,
+                "message_id": message.message_id,
+                "message_timestamp": message.message_timestamp,
+            }
+        ).encode()
     if not _encodes_json(encoder):
         raise InvalidJob(
             f"Dramatiq's encoder is {type(encoder).__name__}, which does not write JSON: fairlane stores "
             "and sends messages as JSON only (never pickle); use dramatiq.set_encoder(dramatiq.JSONEncoder())"
         )
+    return message.encode()
 
 
 @functools.lru_cache(maxsize=16)
@@ -587,13 +605,9 @@ def _local_entry(actor: Any) -> CatalogEntry:
 
 
 def _check_signature(actor: CatalogEntry, message: Message[Any]) -> None:
-    signature = actor.signature
-    if signature is None:
-        return
-    try:
-        signature.bind(*message.args, **message.kwargs)
-    except TypeError as error:
-        raise InvalidJob(f"arguments do not fit {message.actor_name}{signature}: {error}") from None
+    problem = actor.binding_problem(len(message.args), tuple(message.kwargs))
+    if problem is not None:
+        raise InvalidJob(f"arguments do not fit {message.actor_name}{actor.signature}: {problem}")
 
 
 class _FairlaneConsumer(_RabbitmqConsumer):

@@ -33,6 +33,7 @@ def export_catalog(app: Any, queue: str) -> Any:
         ({"args": ()}, "missing a required argument: 'store_id'"),
         ({"args": (1, True, "extra")}, "too many positional arguments"),
         ({"args": (1,), "kwargs": {"colour": "red"}}, "unexpected keyword argument 'colour'"),
+        ({"args": (1,), "kwargs": {"store_id": 2}}, "multiple values for argument 'store_id'"),
         ({"args": (object(),)}, "JSON-serialisable"),
         ({"args": ("y" * 300_000,)}, "FAIRLANE_MAX_PAYLOAD_BYTES"),
         ({"args": (1,), "idempotency_key": ""}, "idempotency_key must be a non-empty string"),

@@ -8,6 +8,7 @@ plain sender on the same vhost, and ``broker_priority``.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -385,6 +386,36 @@ def test_a_pickle_encoder_is_refused_with_a_clear_error(app: App, queue: str) ->
 
     # And nothing was stored
     assert _states(app, queue) == []
+
+
+def _stored_message(app: App, message_id: str) -> str:
+    with app.engine.connect() as connection:
+        return str(connection.scalar(sa.select(jobs.c.message).where(jobs.c.id == message_id)))
+
+
+def test_the_ledger_stores_the_bytes_the_configured_json_encoder_writes(app: App, queue: str) -> None:
+    # Given an actor, arguments that need escaping, and Dramatiq's default encoder
+    @dramatiq.actor(queue_name=queue)
+    def described(text: str, scores: list[float], extra: dict[str, Any]) -> None:
+        pass
+
+    arguments = ('naïve "quoted"\n\ttab 🚀', [0.1, 1e300, -0.0], {"nested": {"none": None, "yes": True}})
+
+    # When it is sent, then the stored message is exactly what that encoder writes of the job's message
+    sent = described.send(*arguments)
+    assert _stored_message(app, sent.message_id) == JSONEncoder().encode(sent.asdict()).decode()
+
+    # And with a JSON encoder of one's own, its own output is stored
+    class SortedJSON(JSONEncoder):
+        def encode(self, data: Any) -> bytes:
+            return json.dumps(data, sort_keys=True, indent=1).encode("utf-8")
+
+    dramatiq.set_encoder(SortedJSON())
+    try:
+        custom = described.send(*arguments)
+    finally:
+        dramatiq.set_encoder(JSONEncoder())
+    assert _stored_message(app, custom.message_id) == SortedJSON().encode(custom.asdict()).decode()
 
 
 # -- a plain Dramatiq worker and a plain Dramatiq sender ----------------------------------------------

@@ -73,16 +73,38 @@ class CatalogEntry:
     @functools.cached_property
     def signature(self) -> inspect.Signature | None:
         """A signature that binds exactly the arguments the actor's function accepts."""
+        return None if self.parameters is None else _signature_of(self.parameters)
+
+    def binding_problem(self, positional: int, keywords: tuple[str, ...]) -> str | None:
+        """Why ``positional`` arguments and these keyword names do not fit the actor, or None.
+
+        Whether arguments bind depends only on how many are positional and which are named, so
+        the answer is kept per shape: a bulk send checks its signature once, not per job.
+        """
         if self.parameters is None:
             return None
-        return inspect.Signature(
-            [
-                inspect.Parameter(
-                    name, _KINDS[kind], default=None if has_default else inspect.Parameter.empty
-                )
-                for name, kind, has_default in self.parameters
-            ]
-        )
+        return _binding_problem(self.parameters, positional, keywords)
+
+
+@functools.lru_cache(maxsize=256)
+def _signature_of(parameters: tuple[tuple[str, str, bool], ...]) -> inspect.Signature:
+    return inspect.Signature(
+        [
+            inspect.Parameter(name, _KINDS[kind], default=None if has_default else inspect.Parameter.empty)
+            for name, kind, has_default in parameters
+        ]
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _binding_problem(
+    parameters: tuple[tuple[str, str, bool], ...], positional: int, keywords: tuple[str, ...]
+) -> str | None:
+    try:
+        _signature_of(parameters).bind(*([None] * positional), **dict.fromkeys(keywords))
+    except TypeError as error:
+        return str(error)
+    return None
 
 
 def _is_plain(value: Any) -> bool:
