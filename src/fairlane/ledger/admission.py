@@ -304,22 +304,29 @@ class Admission:
             groups.setdefault((job.queue, job.lane, job.tenant), []).append(job)
         with self.engine.begin() as connection:
             now = database_now(connection)
-            rows = []
-            for (queue, lane, tenant), members in groups.items():
-                passes = self._next_passes(
-                    connection, queue, lane, tenant, [job.cost for job in members], now
+            passes = [
+                (
+                    members,
+                    self._next_passes(connection, queue, lane, tenant, [job.cost for job in members], now),
                 )
-                rows += [
-                    self._row(job, stride_pass, now) for job, stride_pass in zip(members, passes, strict=True)
-                ]
+                for (queue, lane, tenant), members in groups.items()
+            ]
+            in_fair_order = [
+                (job, stride_pass)
+                for members, group_passes in passes
+                for job, stride_pass in zip(members, group_passes, strict=True)
+            ]
             if not self._postgresql:
-                connection.execute(jobs.insert(), rows)
+                connection.execute(
+                    jobs.insert(), [self._row(job, stride_pass, now) for job, stride_pass in in_fair_order]
+                )
                 return
             # COPY: one stream for the whole batch, several times faster than row-by-row inserts.
+            # Each row is built as it is written: PostgreSQL stores the rows already sent meanwhile.
             cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
             with cursor.copy(_COPY_JOBS) as copy:
-                for row in rows:
-                    copy.write_row([row[column] for column in _COPY_COLUMNS])
+                for job, stride_pass in in_fair_order:
+                    copy.write_row(_copy_row(job, stride_pass, now))
             for queue in {job.queue for job in batch}:
                 connection.execute(self._statements.notify, {"p_queue": queue})
 
@@ -909,6 +916,29 @@ _COPY_COLUMNS = (
     "updated_at",
 )
 _COPY_JOBS = f"COPY fairlane_jobs ({', '.join(_COPY_COLUMNS)}) FROM STDIN"
+
+
+def _copy_row(job: NewJob, stride_pass: float, now: datetime) -> tuple[Any, ...]:
+    """The pending job's row as accepted at ``now``, in ``_COPY_COLUMNS``' order (``_row``'s values)."""
+    return (
+        job.id,
+        job.actor,
+        job.queue,
+        job.tenant,
+        job.lane,
+        job.lane_rank,
+        PENDING,
+        stride_pass,
+        job.cost,
+        job.message,
+        job.idempotency_key,
+        job.rate_key,
+        job.rate_tokens,
+        now,
+        now + timedelta(seconds=max(job.delay, 0.0)),
+        now,
+    )
+
 
 #: The accept of one job on PostgreSQL, in one statement: the idle check, the tenant's stride
 #: pass (only when the job waits), the insert, and a NOTIFY to the queue's dispatchers. Its
