@@ -331,25 +331,8 @@ class Admission:
                 connection.execute(self._statements.notify, {"p_queue": queue})
 
     def _row(self, job: NewJob, stride_pass: float, now: datetime) -> dict[str, Any]:
-        """The job's row as accepted at ``now`` (the ledger's clock)."""
-        return {
-            "id": job.id,
-            "actor": job.actor,
-            "queue": job.queue,
-            "tenant": job.tenant,
-            "lane": job.lane,
-            "lane_rank": job.lane_rank,
-            "state": PENDING,
-            "stride_pass": stride_pass,
-            "cost": job.cost,
-            "message": job.message,
-            "idempotency_key": job.idempotency_key,
-            "rate_key": job.rate_key,
-            "rate_tokens": job.rate_tokens,
-            "enqueued_at": now,
-            "next_run_at": now + timedelta(seconds=max(job.delay, 0.0)),
-            "updated_at": now,
-        }
+        """The job's row as accepted at ``now`` (the ledger's clock), by column name."""
+        return dict(zip(_COPY_COLUMNS, _copy_row(job, stride_pass, now), strict=True))
 
     # -- admitting -----------------------------------------------------------------------------------
 
@@ -897,6 +880,7 @@ class _Statements:
         )
 
 
+#: A new job's columns, in the order :func:`_copy_row` gives its values (``COPY`` and ``_row``).
 _COPY_COLUMNS = (
     "id",
     "actor",
@@ -919,7 +903,7 @@ _COPY_JOBS = f"COPY fairlane_jobs ({', '.join(_COPY_COLUMNS)}) FROM STDIN"
 
 
 def _copy_row(job: NewJob, stride_pass: float, now: datetime) -> tuple[Any, ...]:
-    """The pending job's row as accepted at ``now``, in ``_COPY_COLUMNS``' order (``_row``'s values)."""
+    """The pending job's row as accepted at ``now`` (the ledger's clock), in ``_COPY_COLUMNS``' order."""
     return (
         job.id,
         job.actor,
