@@ -1,4 +1,5 @@
-"""Prepared statements follow the ledger's size: a plan made on an empty table is made again.
+"""Prepared statements follow the ledger's size: a plan made on an empty table is made again,
+and the hot path's connections plan by index whatever the statistics say.
 
 A worker that boots on an empty ledger prepares its hot statements there, where the planner's
 best plan is a sequential scan. Until an ``ANALYZE`` of the table (never, where autovacuum is
@@ -20,11 +21,13 @@ import pytest
 import sqlalchemy as sa
 
 from fairlane.ledger import database
+from fairlane.ledger.admission import ROUND_SETTINGS
 from fairlane.ledger.database import (
     PLAN_LIFETIME,
     create_ledger_engine,
     dedicated_connection,
     migrate,
+    plan_by_index,
     replan_if_stale,
 )
 from fairlane.settings import Settings
@@ -155,3 +158,49 @@ def test_a_pooled_connection_that_died_is_replaced_when_its_plans_are_refreshed(
 
     with engine.connect() as connection:
         assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid
+
+
+def test_hot_path_connections_plan_by_index_whatever_the_statistics_say(
+    ledger: tuple[str, sa.Engine],
+) -> None:
+    # Given a small ledger whose statistics were taken while it was small (40 jobs, analyzed)
+    url, engine = ledger
+    _load(url, 40)
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("ANALYZE fairlane_jobs")
+    plain, writer = dedicated_connection(engine), dedicated_connection(engine)
+    try:
+        # When a connection plans as the writer's and the accepts' do (plan_by_index)
+        plan_by_index(writer)
+        ids = [str(uuid.uuid4())]
+        assert "Seq Scan" in _prepared_plan(plain, ids)  # what the statistics alone choose
+        assert "fairlane_jobs_pkey" in _prepared_plan(writer, ids)
+
+        # Then its plan, kept through a flood of 20,000 jobs, still finds jobs by primary key
+        ids = _load(url, 20_000)[:8]
+        plan = _prepared_plan(writer, ids)
+        assert "Seq Scan" not in plan
+        assert "fairlane_jobs_pkey" in plan
+    finally:
+        plain.close()
+        writer.close()
+
+
+@pytest.mark.parametrize(("timeout", "expected_timeout"), [(None, "0"), ("100ms", "100ms")])
+def test_a_rounds_settings_hold_for_its_transaction_only(
+    ledger: tuple[str, sa.Engine], timeout: str | None, expected_timeout: str
+) -> None:
+    url, _engine = ledger
+    names = ("enable_seqscan", "enable_sort", "lock_timeout")
+
+    def current(connection: Any) -> tuple[str, ...]:
+        return tuple(connection.execute(f"SELECT current_setting('{name}')").fetchone()[0] for name in names)
+
+    with psycopg.connect(url) as connection:
+        # When a round's transaction starts with its settings
+        connection.execute(ROUND_SETTINGS, {"timeout": timeout})
+        # Then it plans by index, with its turn's lock timeout (or the server's, without one)
+        assert current(connection) == ("off", "off", expected_timeout)
+        connection.rollback()
+        # And the connection, back in the pool, plans as any other
+        assert current(connection) == ("on", "on", "0")

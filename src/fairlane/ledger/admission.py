@@ -35,7 +35,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from fairlane.ledger import transitions
 from fairlane.ledger.clock import database_now, ledger_now
-from fairlane.ledger.database import POOL_RECYCLE, POOL_SIZE, as_utc
+from fairlane.ledger.database import INDEX_PLANNING, POOL_RECYCLE, POOL_SIZE, as_utc
 from fairlane.ledger.pg_arrays import float_array, int_array, text_array
 from fairlane.ledger.ratelimits import RateLimits
 from fairlane.ledger.schema import (
@@ -375,8 +375,8 @@ class Admission:
         if self._postgresql and not (self.settings.fairness and self._caps_apply(None, queue)):
             return self._admit_pg(queue, budget, wait, lock_timeout, publish)
         with self.engine.begin() as connection:
-            if lock_timeout is not None:
-                connection.exec_driver_sql(_SET_LOCK_TIMEOUT, {"timeout": lock_timeout})
+            if self._postgresql:
+                connection.exec_driver_sql(ROUND_SETTINGS, {"timeout": lock_timeout})
             dispatched = self._lock_queue(connection, queue, wait)
             if dispatched is None:
                 return None
@@ -429,9 +429,8 @@ class Admission:
                 "factor": 2 if self.rate_limits.budgets else 1,
                 "share_ranks": self._share_ranks_array,
             }
-            with driver.pipeline():  # the transaction's BEGIN leaves with the statement
-                if lock_timeout is not None:
-                    driver.execute(_SET_LOCK_TIMEOUT, {"timeout": lock_timeout})
+            with driver.pipeline():  # the transaction's BEGIN and settings leave with the statement
+                driver.execute(ROUND_SETTINGS, {"timeout": lock_timeout}, prepare=True)
                 cursor.execute(_OPEN_ROUND_PG[wait], parameters, prepare=True)
             rows = cursor.fetchall()
             if not rows:
@@ -1013,7 +1012,13 @@ FROM head LEFT JOIN LATERAL (
 
 
 #: Bounds the wait for a queue's turn to the rest of the transaction (``turn_timeout``).
-_SET_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %(timeout)s, true)"
+#: A round's settings, for its transaction: the hot path's planner settings (see
+#: :func:`fairlane.ledger.database.plan_by_index`) and, with a turn timeout, its lock timeout.
+ROUND_SETTINGS = (
+    "SELECT "
+    + ", ".join(f"set_config('{name}', '{value}', true)" for name, value in INDEX_PLANNING)
+    + ", set_config('lock_timeout', coalesce(%(timeout)s, current_setting('lock_timeout')), true)"
+)
 
 
 def _lock_timeout(turn_timeout: float | None) -> str | None:
