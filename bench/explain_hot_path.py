@@ -40,7 +40,7 @@ from sqlalchemy.dialects import postgresql
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from fairlane.ledger.admission import _ACCEPT_PG, _CLOSE_ROUND_PG, _OPEN_ROUND_PG, Admission, _Statements
-from fairlane.ledger.database import create_ledger_engine, migrate
+from fairlane.ledger.database import create_ledger_engine, migrate, plan_by_index
 from fairlane.ledger.ratelimits import RateLimits
 from fairlane.ledger.transitions import FLUSH_PG
 from fairlane.settings import Settings
@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         admission = Admission(engine, settings, RateLimits(engine, {}))
         statements = _Statements(postgresql.insert, True)
         with psycopg.connect(url, autocommit=True) as connection:
+            plan_by_index(connection)  # as the hot path's connections and rounds plan
             live = connection.execute(
                 "SELECT id, state FROM fairlane_jobs WHERE state IN ('dispatched', 'running')"
             ).fetchall()
