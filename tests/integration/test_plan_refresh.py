@@ -27,7 +27,6 @@ from fairlane.ledger.database import (
     create_ledger_engine,
     dedicated_connection,
     migrate,
-    plan_by_index,
     replan_if_stale,
 )
 from fairlane.settings import Settings
@@ -168,10 +167,9 @@ def test_hot_path_connections_plan_by_index_whatever_the_statistics_say(
     _load(url, 40)
     with psycopg.connect(url, autocommit=True) as admin:
         admin.execute("ANALYZE fairlane_jobs")
-    plain, writer = dedicated_connection(engine), dedicated_connection(engine)
+    plain, writer = dedicated_connection(engine), dedicated_connection(engine, by_index=True)
     try:
-        # When a connection plans as the writer's and the accepts' do (plan_by_index)
-        plan_by_index(writer)
+        # When a connection plans as the writer's and the accepts' do (by index)
         ids = [str(uuid.uuid4())]
         assert "Seq Scan" in _prepared_plan(plain, ids)  # what the statistics alone choose
         assert "fairlane_jobs_pkey" in _prepared_plan(writer, ids)

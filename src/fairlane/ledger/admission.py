@@ -1011,9 +1011,9 @@ FROM head LEFT JOIN LATERAL (
 """
 
 
-#: Bounds the wait for a queue's turn to the rest of the transaction (``turn_timeout``).
-#: A round's settings, for its transaction: the hot path's planner settings (see
-#: :func:`fairlane.ledger.database.plan_by_index`) and, with a turn timeout, its lock timeout.
+#: A round's settings, for its transaction only: the hot path's planner settings (see
+#: :func:`fairlane.ledger.database.plan_by_index`) and the lock timeout that bounds its wait for
+#: the queue's turn (``turn_timeout``; without one, the server's setting is kept).
 ROUND_SETTINGS = (
     "SELECT "
     + ", ".join(f"set_config('{name}', '{value}', true)" for name, value in INDEX_PLANNING)

@@ -166,16 +166,23 @@ def plan_by_index(connection: Any) -> None:
         connection.execute("SELECT set_config(%s, %s, false)", (name, value))
 
 
-def dedicated_connection(engine: sa.Engine) -> Any:
+def dedicated_connection(engine: sa.Engine, *, by_index: bool = False) -> Any:
     """A driver connection of ``engine`` in autocommit, taken out of the pool for good.
 
     For a thread that keeps one connection for its whole life (the ledger writer, a LISTEN):
-    it counts against no pool limit and the caller closes it.
+    it counts against no pool limit and the caller closes it. With ``by_index``, it plans as
+    the hot path's statements must (:func:`plan_by_index`).
     """
     pooled = engine.raw_connection()
     connection = pooled.driver_connection
     pooled.detach()
     connection.autocommit = True  # type: ignore[union-attr]
+    if by_index:
+        try:
+            plan_by_index(connection)
+        except BaseException:
+            connection.close()  # type: ignore[union-attr]
+            raise
     return connection
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from fairlane.ledger.database import dedicated_connection, plan_by_index, replan_if_stale
+from fairlane.ledger.database import dedicated_connection, replan_if_stale
 
 
 @dataclasses.dataclass
@@ -102,9 +102,7 @@ class StatementConnections:
                 return None
             self._in_use += 1
         try:
-            connection = dedicated_connection(self.engine)
-            plan_by_index(connection)
-            return _Kept(connection, time.monotonic())
+            return _Kept(dedicated_connection(self.engine, by_index=True), time.monotonic())
         except BaseException:
             with self._lock:
                 self._in_use -= 1

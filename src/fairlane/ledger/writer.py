@@ -54,7 +54,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from fairlane.ledger.database import as_utc, dedicated_connection, plan_by_index, replan_if_stale
+from fairlane.ledger.database import as_utc, dedicated_connection, replan_if_stale
 from fairlane.ledger.jobs import JobError, Start, StartDecision, error_columns
 from fairlane.ledger.pg_arrays import bool_array, float_array, text_array
 from fairlane.ledger.schema import DEAD, RETRYING, RUNNING, SUCCEEDED, jobs
@@ -436,8 +436,7 @@ class LedgerWriter:
         """The writer's own psycopg connection (kept out of the pool for the writer's life), its
         prepared flush planned again every second (see :func:`replan_if_stale`)."""
         if self._raw is None:
-            self._raw = dedicated_connection(self.engine)
-            plan_by_index(self._raw)
+            self._raw = dedicated_connection(self.engine, by_index=True)
             self._planned_at = None
         self._planned_at = replan_if_stale(self._raw, self._planned_at)
         return self._raw
