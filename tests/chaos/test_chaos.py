@@ -59,7 +59,7 @@ def table() -> Iterator[None]:
         print(f"chaos: {tally.row()}")
 
 
-def _run_fault(
+def _assert_no_job_lost_through(
     cluster: Cluster, name: str, fault: Callable[[], set[str] | None], milliseconds: int = 20
 ) -> Tally:
     """Send while ``fault`` happens, then settle and check what became of every accepted job
@@ -93,7 +93,7 @@ def test_worker_tree_killed_with_about_a_thousand_jobs_in_flight(cluster: Cluste
         return burst
 
     # Then every accepted job (the burst included: it was sent through send_many) succeeded and ran
-    _run_fault(cluster, "worker tree SIGKILL", fault)
+    _assert_no_job_lost_through(cluster, "worker tree SIGKILL", fault)
 
 
 def test_worker_tree_stopped_with_sigterm(cluster: Cluster) -> None:
@@ -105,7 +105,7 @@ def test_worker_tree_stopped_with_sigterm(cluster: Cluster) -> None:
         cluster.start_workers()
 
     # Then every accepted job succeeded and ran
-    _run_fault(cluster, "worker tree SIGTERM", fault)
+    _assert_no_job_lost_through(cluster, "worker tree SIGTERM", fault)
 
 
 def test_scheduler_leader_killed(cluster: Cluster) -> None:
@@ -122,7 +122,7 @@ def test_scheduler_leader_killed(cluster: Cluster) -> None:
         wait_for(lambda: cluster.leader() not in (None, leader), STARTUP, "the standby leads")
 
     # And every accepted job succeeded and ran
-    _run_fault(cluster, "scheduler leader SIGKILL", fault)
+    _assert_no_job_lost_through(cluster, "scheduler leader SIGKILL", fault)
 
 
 def test_rabbitmq_unreachable_for_five_seconds(cluster: Cluster) -> None:
@@ -134,7 +134,7 @@ def test_rabbitmq_unreachable_for_five_seconds(cluster: Cluster) -> None:
         cluster.rabbitmq.restore()
 
     # Then every process reconnects by itself and every accepted job succeeded and ran
-    _run_fault(cluster, "RabbitMQ unreachable 5 s", fault)
+    _assert_no_job_lost_through(cluster, "RabbitMQ unreachable 5 s", fault)
 
 
 def test_postgresql_unreachable_for_five_seconds(cluster: Cluster) -> None:
@@ -147,7 +147,7 @@ def test_postgresql_unreachable_for_five_seconds(cluster: Cluster) -> None:
 
     # Then sends in that time raise LedgerUnavailable (saying what was stored) or succeed, every
     # process recovers by itself, and every accepted job succeeded and ran
-    _run_fault(cluster, "PostgreSQL unreachable 5 s", fault)
+    _assert_no_job_lost_through(cluster, "PostgreSQL unreachable 5 s", fault)
 
 
 @pytest.mark.skipif(not SERVICES, reason="stops the shared RabbitMQ: set FAIRLANE_CHAOS_SERVICES=1")
@@ -160,7 +160,7 @@ def test_rabbitmq_stopped_and_started(cluster: Cluster) -> None:
         subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True)
 
     # Then every process reconnects by itself and every accepted job succeeded and ran
-    _run_fault(cluster, "RabbitMQ stop/start", fault)
+    _assert_no_job_lost_through(cluster, "RabbitMQ stop/start", fault)
 
 
 @pytest.mark.skipif(not SERVICES, reason="restarts the shared PostgreSQL: set FAIRLANE_CHAOS_SERVICES=1")
@@ -174,4 +174,4 @@ def test_postgresql_restarted(cluster: Cluster) -> None:
 
     # Then sends during the restart raise LedgerUnavailable or succeed, never both, and every
     # accepted job succeeded and ran
-    _run_fault(cluster, "PostgreSQL restart", fault)
+    _assert_no_job_lost_through(cluster, "PostgreSQL restart", fault)
