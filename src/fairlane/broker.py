@@ -498,6 +498,8 @@ class FairlaneBroker(SignalEmitter, FreshConnectionBroker):
         stored = _with_queue_and_options(message, queue, options)
         try:
             encoded = _encoded(stored)
+        except InvalidJob:  # a non-JSON encoder: its own message says so
+            raise
         except (TypeError, ValueError) as error:
             raise InvalidJob(f"arguments and options must be JSON-serialisable: {error}") from None
         if len(encoded) > self.settings.max_payload_bytes:
